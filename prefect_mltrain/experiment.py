@@ -1,0 +1,158 @@
+"""``Experiment``: a named group of runs, and the place runs are submitted from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .config import ScriptRunConfig
+from .errors import ConfigurationError
+from .home import mltrain_home
+from .records import RunStatus, check_name, new_record, new_run_id, run_dir, set_status
+from .run import Run
+from .workspace import Workspace
+
+
+class Experiment:
+    """A named group of runs in a workspace.
+
+    Example:
+        ```python
+        exp = Experiment(Workspace(), "demo")
+        run = exp.submit(ScriptRunConfig(source_directory="proj", script="train.py"))
+        ```
+    """
+
+    def __init__(self, workspace: Workspace, name: str):
+        self.workspace = workspace
+        self.name = check_name(name, "experiment name")
+
+    def __repr__(self) -> str:
+        return f"Experiment({self.workspace!r}, {self.name!r})"
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, config: Any, tags: dict[str, Any] | None = None) -> Run:
+        """Capture the source directory, record the run and start it; returns at once.
+
+        ``config`` is a ``ScriptRunConfig`` (or anything with ``to_script_run_config()``,
+        like an ``Estimator``). The run executes as a Prefect flow run in a background
+        process; follow it with ``run.wait_for_completion(show_output=True)``.
+        """
+        config = _as_script_run_config(config)
+        run = self.create_run(config, tags=tags)
+        secrets = config.environment.secrets() if config.environment else {}
+        return self._start(run, secrets)
+
+    def create_run(self, config: ScriptRunConfig, tags: dict[str, Any] | None = None,
+                   take_snapshot: bool = True) -> Run:
+        """Record a new run (NotStarted) with its snapshot and git provenance."""
+        from .git import git_provenance
+        from .snapshot import take_snapshot as capture
+
+        ws = self.workspace
+        tags = {check_name(str(k), "tag key"): str(v) for k, v in (tags or {}).items()}
+        run_id = new_run_id(self.name)
+        folder = run_dir(self.name, run_id)
+        record = new_record(self.name, run_id, config=config.record(),
+                            compute_target=config.record()["compute_target"])
+        if take_snapshot:
+            record["snapshot_id"] = capture(ws, config.source_directory,
+                                            progress=sys.stderr.isatty()).snapshot_id
+        git = git_provenance(config.source_directory)
+        if git:
+            diff = git.pop("diff", "")
+            record["git"] = git
+            if diff:
+                ws.write_bytes(f"{folder}/git_diff.patch", diff.encode())
+        if not ws.exists(f"experiments/{self.name}/experiment.json"):
+            ws.write_json(f"experiments/{self.name}/experiment.json",
+                          {"name": self.name, "created_at": time.time()})
+        ws.write_json(f"{folder}/tags.json", tags)
+        ws.write_json(f"{folder}/run.json", record)
+        return Run(self, run_id)
+
+    def resubmit(self, run: Run) -> Run:
+        """A new run with the same snapshot and configuration as ``run``."""
+        old = run._read_record()
+        run_id = new_run_id(self.name)
+        record = new_record(self.name, run_id, config=old["config"],
+                            compute_target=old.get("compute_target"),
+                            snapshot_id=old["snapshot_id"], git=old.get("git"),
+                            properties={"resubmitted_from": old["run_id"]})
+        self.workspace.write_json(f"{run_dir(self.name, run_id)}/tags.json", run.get_tags())
+        self.workspace.write_json(f"{run_dir(self.name, run_id)}/run.json", record)
+        return self._start(Run(self, run_id), {})
+
+    def _start(self, run: Run, secrets: dict[str, str]) -> Run:
+        """Queue the run and hand it to a background runner process."""
+        from .server import prefect_env
+
+        ws, folder = self.workspace, run_dir(self.name, run.id)
+        record = ws.read_json(f"{folder}/run.json")
+        ws.write_json(f"{folder}/run.json", set_status(record, RunStatus.QUEUED))
+        scratch = mltrain_home() / "runs" / run.id
+        scratch.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **prefect_env(), **ws.to_env(),
+               "MLTRAIN_SECRETS": json.dumps(secrets), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        with open(mltrain_home() / "runs" / f"{run.id}.runner.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect_mltrain.runner", self.name, run.id],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=scratch,
+            )
+        import socket
+        ws.write_json(f"{folder}/heartbeat.json",
+                      {"time": time.time(), "host": socket.gethostname(), "pid": proc.pid})
+        return run
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get_runs(self, include_children: bool = False, tags: dict[str, str] | None = None,
+                 status: str | None = None) -> list[Run]:
+        """Runs of this experiment, newest first."""
+        runs = []
+        for run_id in reversed(self.workspace.list_dir(f"experiments/{self.name}/runs")):
+            run = Run(self, run_id)
+            try:
+                record = run._read_record()
+            except Exception:
+                continue  # a run being created right now
+            if record.get("parent_run_id") and not include_children:
+                continue
+            if status and record["status"] != status:
+                continue
+            if tags and any(run.get_tags().get(k) != v for k, v in tags.items()):
+                continue
+            runs.append(run)
+        return sorted(runs, key=lambda r: r._record.get("created_at", 0), reverse=True)
+
+    @classmethod
+    def list(cls, workspace: Workspace) -> list[Experiment]:
+        return [cls(workspace, name) for name in workspace.list_experiments()]
+
+    # -- interactive ------------------------------------------------------------------------
+
+    def start_logging(self, display_name: str | None = None) -> Run:
+        """An interactive run (e.g. in a notebook): log to it, then ``run.complete()``."""
+        run_id = new_run_id(self.name)
+        record = set_status(new_record(self.name, run_id, display_name=display_name,
+                                       config=None), RunStatus.RUNNING)
+        self.workspace.write_json(f"{run_dir(self.name, run_id)}/run.json", record)
+        run = Run(self, run_id)
+        run._record = record
+        return run
+
+
+def _as_script_run_config(config: Any) -> ScriptRunConfig:
+    if isinstance(config, ScriptRunConfig):
+        return config
+    if hasattr(config, "to_script_run_config"):
+        return config.to_script_run_config()
+    raise ConfigurationError(
+        f"submit() takes a ScriptRunConfig (or an Estimator), not {type(config).__name__}"
+    )

@@ -1,0 +1,235 @@
+"""The ``submit_run`` flow: snapshot -> build_environment -> execute -> collect_artifacts.
+
+A run *is* one flow run of ``submit_run``. ``Experiment.submit`` starts it in a
+background runner process; a deployment of it (see ``deployments/``) lets a Prefect
+worker run it; users can also call it, or its tasks, from their own flows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Failed
+
+from .compute.base import LaunchSpec, resolve_compute_target
+from .config import ScriptRunConfig
+from .environment import Environment, resolve_interpreter, run_context_path
+from .execution import STD_LOG, Outcome, Watchdog, run_folder_sync, run_job, sync_quietly
+from .home import mltrain_home
+from .records import TERMINAL, RunStatus, run_dir, set_status
+from .snapshot import restore_snapshot, take_snapshot
+from .workspace import Workspace
+
+
+def open_workspace(url: str | None) -> Workspace:
+    """The workspace at ``url``, with the storage options this process was given for it."""
+    if url is None or url == os.environ.get("MLTRAIN_WORKSPACE"):
+        return Workspace.from_env() if os.environ.get("MLTRAIN_WORKSPACE") else Workspace()
+    return Workspace(url)
+
+
+class RunRecorder:
+    """The single writer of ``run.json`` while the flow runs."""
+
+    def __init__(self, ws: Workspace, experiment: str, run_id: str):
+        self.ws, self.path = ws, f"{run_dir(experiment, run_id)}/run.json"
+        self.record: dict[str, Any] = ws.read_json(self.path)
+
+    def update(self, status: RunStatus | None = None, **fields: Any) -> None:
+        if status is not None:
+            set_status(self.record, status, **fields)
+        else:
+            self.record.update(fields)
+        self.ws.write_json(self.path, self.record)
+
+    @property
+    def finished(self) -> bool:
+        return self.record["status"] in TERMINAL
+
+
+@task(name="snapshot", cache_policy=NO_CACHE)
+def snapshot(workspace: str, source_directory: str) -> str:
+    """Capture ``source_directory`` into the workspace; returns the snapshot id."""
+    result = take_snapshot(open_workspace(workspace), source_directory)
+    get_run_logger().info("snapshot %s: %d files, %d uploaded", result.snapshot_id[:12],
+                          result.file_count, result.uploaded_files)
+    return result.snapshot_id
+
+
+@task(name="build_environment", cache_policy=NO_CACHE)
+def build_environment(environment: dict[str, Any] | None) -> dict[str, Any]:
+    """Resolve (and, when needed, build) the environment; returns its interpreter."""
+    env = Environment.model_validate(environment) if environment else None
+    return {"interpreter": resolve_interpreter(env), "name": env.name if env else "default"}
+
+
+@task(name="execute", cache_policy=NO_CACHE)
+def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
+            watchdog: Any = None) -> dict[str, Any]:
+    """Restore the snapshot, start the script on its compute target and see it to its end.
+
+    The run's ``outputs/`` and ``logs/`` are synced while it runs and once more after it
+    ends, whatever the ending (success, failure, timeout, cancel, an error here).
+    """
+    ws = open_workspace(workspace)
+    recorder = RunRecorder(ws, experiment, run_id)
+    record, logger = recorder.record, get_run_logger()
+    config = record["config"]
+    scratch = mltrain_home() / "runs" / run_id
+    cwd, stage = scratch / "src", scratch / "stage"
+    shutil.rmtree(scratch, ignore_errors=True)
+    restore_snapshot(ws, record["snapshot_id"], cwd)
+    (cwd / "outputs").mkdir(exist_ok=True)
+    (cwd / "logs").mkdir(exist_ok=True)
+    sync = run_folder_sync(ws, experiment, run_id, cwd, stage)
+    target = resolve_compute_target(config["compute_target"])
+    target.check()
+    spec = LaunchSpec(run_id=run_id, argv=_argv(config, interpreter), cwd=str(cwd),
+                      env=_script_env(ws, experiment, run_id, stage, interpreter, config),
+                      stage_dir=str(stage), distributed=config.get("distributed_job_config"))
+    job = target.launch(spec)
+    try:
+        recorder.update(RunStatus.RUNNING)
+        outcome = run_job(job, sync=sync, std_log=stage / "runs" / run_id / STD_LOG,
+                          watchdog=watchdog or Watchdog(ws, experiment, run_id, None),
+                          max_seconds=config.get("max_run_duration_seconds"), logger=logger)
+    except BaseException as exc:
+        outcome = Outcome(RunStatus.FAILED, None, f"the runner failed: {exc!r}")
+        raise
+    finally:
+        job.terminate(grace=0) if job.poll() is None else job.close()
+        if not recorder.finished:
+            recorder.update(RunStatus.FINALIZING)
+        sync_quietly(sync, logger)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"status": outcome.status.value, "exit_code": outcome.exit_code,
+            "error": outcome.error, "log_tail": "\n".join(outcome.log_tail)}
+
+
+@task(name="collect_artifacts", cache_policy=NO_CACHE)
+def collect_artifacts(workspace: str, experiment: str, run_id: str) -> dict[str, Any]:
+    """Publish the run summary, metrics table and outputs listing as Prefect artifacts."""
+    from .experiment import Experiment
+    from .run import Run
+
+    run = Run(Experiment(open_workspace(workspace), experiment), run_id)
+    details, metrics, files = run.get_details(), run.get_metrics(), run.get_file_names()
+    key = run_id.lower().replace("_", "-")[-60:].strip("-")
+    create_markdown_artifact(key=f"run-{key}", markdown=_summary_markdown(details, files),
+                             description=f"Run {run_id}")
+    rows = [{"metric": name, "value": json.dumps(value)[:200]} for name, value in metrics.items()]
+    if rows:
+        create_table_artifact(key=f"metrics-{key}", table=rows, description=f"Metrics of {run_id}")
+    if files:
+        create_table_artifact(key=f"outputs-{key}", description=f"Files of {run_id}",
+                              table=[{"file": name} for name in files])
+    return {"metrics": metrics, "files": files}
+
+
+def _flow_run_name() -> str:
+    params = runtime.flow_run.parameters
+    return params.get("run_id") or f"{params.get('experiment')}-{int(time.time())}"
+
+
+@flow(name="submit_run", flow_run_name=_flow_run_name, validate_parameters=True)
+def submit_run(experiment: str, config: ScriptRunConfig | None = None,
+               workspace: str | None = None, run_id: str | None = None,
+               tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a training script as one prefect-mltrain run and return its details.
+
+    Args:
+        experiment: Name of the experiment the run belongs to.
+        config: What to run; not needed when ``run_id`` names a prepared run.
+        workspace: Workspace URL (default: this process's workspace, else ``./.mltrain``).
+        run_id: A run prepared by ``Experiment.submit``.
+        tags: Tags of a new run.
+    """
+    from .experiment import Experiment
+
+    ws = open_workspace(workspace)
+    exp = Experiment(ws, experiment)
+    if run_id is None:
+        if config is None:
+            raise ValueError("submit_run needs config= (or run_id= of a prepared run)")
+        run_id = exp.create_run(config, tags=tags, take_snapshot=False).id
+    recorder = RunRecorder(ws, experiment, run_id)
+    flow_run_id = str(runtime.flow_run.id)
+    ui = os.environ.get("PREFECT_UI_URL") or runtime.flow_run.ui_url
+    recorder.update(flow_run_id=flow_run_id,
+                    flow_run_url=runtime.flow_run.ui_url if not ui else
+                    f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}")
+    watchdog = Watchdog(ws, experiment, run_id, flow_run_id)
+    watchdog.start()
+    outcome: dict[str, Any] = {}
+    phase = "Preparing"
+    try:
+        watchdog.tick()
+        if watchdog.cancel_reason:
+            outcome = {"status": "Canceled", "error": watchdog.cancel_reason}
+        else:
+            recorder.update(RunStatus.PREPARING)
+            record = recorder.record
+            if not record.get("snapshot_id"):
+                recorder.update(snapshot_id=snapshot(ws.url, record["config"]["source_directory"]))
+            env_record = record["config"].get("environment")
+            if env_record:
+                env_record = {**env_record, "secret_environment_variables": {}}
+            built = build_environment(env_record)
+            recorder.update(RunStatus.STARTING, environment_build=built)
+            phase = "Running"
+            outcome = execute(ws.url, experiment, run_id, built["interpreter"], watchdog)
+    except Exception as exc:
+        outcome = {"status": "Failed", "error": f"{phase}: {exc}",
+                   "exit_code": recorder.record.get("exit_code")}
+    finally:
+        watchdog.stop()
+    recorder = RunRecorder(ws, experiment, run_id)  # re-read: execute wrote it too
+    recorder.update(RunStatus(outcome["status"]), exit_code=outcome.get("exit_code"),
+                    error=outcome.get("error"), log_tail=outcome.get("log_tail"))
+    try:
+        collect_artifacts(ws.url, experiment, run_id)
+    except Exception as exc:  # artifacts are a view; the run's result stands without them
+        get_run_logger().warning("could not publish artifacts: %s", exc)
+    details = recorder.record
+    if details["status"] == RunStatus.CANCELED.value:
+        return Cancelled(message=details.get("error") or "canceled")
+    if details["status"] == RunStatus.FAILED.value:
+        return Failed(message=details.get("error") or "failed")
+    return details
+
+
+def _argv(config: dict[str, Any], interpreter: str) -> list[str]:
+    args = [str(a) for a in config.get("arguments") or []]
+    if config.get("script"):
+        return [interpreter, "-u", config["script"], *args]
+    command = list(config["command"])
+    if command[0] in ("python", "python3"):
+        command[0] = interpreter
+    return [*command, *args]
+
+
+def _script_env(ws: Workspace, experiment: str, run_id: str, stage: Path, interpreter: str,
+                config: dict[str, Any]) -> dict[str, str]:
+    """The script's environment: ours, the environment's variables and secrets, the run ids."""
+    env = dict(os.environ)
+    for key in ("PREFECT__FLOW_RUN_ID", "MLTRAIN_SECRETS"):
+        env.pop(key, None)
+    env_record = config.get("environment") or {}
+    env.update(env_record.get("environment_variables") or {})
+    env.update(json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}"))
+    env.update(ws.to_env())
+    env.update({"MLTRAIN_RUN_ID": run_id, "MLTRAIN_EXPERIMENT": experiment,
+                "MLTRAIN_CONTEXT_DIR": str(stage), "PYTHONUNBUFFERED": "1"})
+    if Path(interpreter).resolve() != Path(sys.executable).resolve():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
+                                                          env.get("PYTHONPATH")]))
+    return env

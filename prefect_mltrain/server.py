@@ -1,0 +1,138 @@
+"""The embedded default: one local Prefect server, started on first use and then reused.
+
+Prefect's ephemeral mode starts a server inside every process (~8 s each). Runs are
+Prefect flow runs, so instead the first submit without ``PREFECT_API_URL`` starts
+``prefect server start`` (SQLite under ``$MLTRAIN_HOME/prefect``) in the background and
+every later submit, on any process, finds it in ~10 ms. Set ``PREFECT_API_URL`` (or a
+Prefect profile) to use your own server or Prefect Cloud instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+from .errors import MLTrainError
+from .home import mltrain_home
+
+START_TIMEOUT_SECONDS = 120
+DEFAULT_PORT = 4200
+
+
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` from the environment or the active Prefect profile, if any."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    try:
+        profiles = tomllib.loads((prefect_home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+
+
+def _state_dir() -> Path:
+    folder = mltrain_home() / "prefect"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def running_server() -> dict | None:
+    """The embedded server's ``{"api_url", "ui_url", "pid"}`` when it answers, else None."""
+    try:
+        info = json.loads((_state_dir() / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if _healthy(info["api_url"]) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", DEFAULT_PORT))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect_executable() -> str:
+    beside = Path(sys.executable).parent / "prefect"
+    return str(beside) if beside.exists() else (shutil.which("prefect") or "prefect")
+
+
+def ensure_server() -> dict:
+    """Start the embedded server unless it runs already; safe to call from many processes."""
+    info = running_server()
+    if info:
+        return info
+    state = _state_dir()
+    with open(state / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = running_server()
+        if info:
+            return info
+        port = _free_port()
+        api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_API_URL": "",
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
+        with open(state / "server.log", "ab") as log:
+            proc = subprocess.Popen(
+                [_prefect_executable(), "server", "start", "--host", "127.0.0.1",
+                 "--port", str(port)],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not _healthy(api_url, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise MLTrainError(
+                    f"the local Prefect server did not start (see {state / 'server.log'}); "
+                    "set PREFECT_API_URL to a running Prefect server instead"
+                )
+            time.sleep(0.2)
+        info = {"api_url": api_url, "ui_url": ui_url, "pid": proc.pid}
+        (state / "server.json").write_text(json.dumps(info))
+        return info
+
+
+def stop_server() -> bool:
+    """Stop the embedded server; returns whether one was running."""
+    info = running_server()
+    if not info:
+        return False
+    try:
+        os.killpg(info["pid"], 15)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 15
+    while _healthy(info["api_url"], 0.5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (_state_dir() / "server.json").unlink(missing_ok=True)
+    return True
+
+
+def prefect_env() -> dict[str, str]:
+    """Environment for a runner process so that it talks to the right Prefect API."""
+    if configured_api_url():
+        return {}
+    info = ensure_server()
+    return {"PREFECT_API_URL": info["api_url"], "PREFECT_UI_URL": info["ui_url"]}

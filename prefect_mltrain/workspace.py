@@ -1,0 +1,250 @@
+"""The workspace: an fsspec root that holds every experiment, run, snapshot and environment.
+
+Layout (relative to the root)::
+
+    config.json                           workspace settings (snapshot budget, ...)
+    blobs/<sha[:2]>/<sha>                 content-addressed file store
+    snapshots/<snapshot_id>.json          manifest of one captured source directory
+    runs/<run_id>                         pointer: the run's experiment name
+    experiments/<name>/runs/<run_id>/     run.json, tags.json, events/, outputs/, logs/, ...
+
+Writes are atomic: one put on object stores and in memory, write-then-rename on disks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fsspec.core import url_to_fs
+
+from .errors import WorkspaceError
+
+DEFAULT_WORKSPACE_DIR = ".mltrain"
+CONFIG_FILE_NAME = "mltrain.json"
+_RENAME_ATOMIC_PROTOCOLS = {"file", "local"}
+
+
+@dataclass
+class WorkspaceSettings:
+    """Settings stored in the workspace's ``config.json``; defaults apply where absent."""
+
+    snapshot_max_bytes: int = 300 * 1024 * 1024
+    snapshot_max_files: int = 2000
+    sync_interval_seconds: float = 2.0
+    heartbeat_interval_seconds: float = 5.0
+    heartbeat_timeout_seconds: float = 60.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkspaceSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Workspace:
+    """A place to keep runs: a local folder (default ``./.mltrain``) or any fsspec URL.
+
+    Example:
+        ```python
+        ws = Workspace()                                  # ./.mltrain
+        ws = Workspace("s3://bucket/ml", storage_options={"anon": False})
+        ws = Workspace.from_config()                      # found upward from the cwd
+        ```
+    """
+
+    def __init__(self, url: str | os.PathLike | None = None, storage_options: dict | None = None):
+        url = os.fspath(url) if url is not None else DEFAULT_WORKSPACE_DIR
+        self.storage_options = dict(storage_options or {})
+        try:
+            self.fs, root = url_to_fs(url, **self.storage_options)
+        except (ImportError, ValueError) as exc:
+            raise WorkspaceError(
+                f"cannot open workspace {url!r}: {exc}. Install the fsspec backend for its "
+                "protocol (for example `pip install s3fs` for s3://) or fix the URL."
+            ) from exc
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.root = root.rstrip("/") or "/"
+        self.url = root if self.protocol in _RENAME_ATOMIC_PROTOCOLS else self.fs.unstrip_protocol(root)
+        self._settings: WorkspaceSettings | None = None
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike | None = None) -> Workspace:
+        """Open the workspace named by the nearest ``mltrain.json`` (or ``.mltrain/`` folder).
+
+        The search starts at ``path`` (default: the current directory) and goes upward.
+        ``mltrain.json`` holds ``{"url": "...", "storage_options": {...}}``; a relative
+        ``url`` is taken relative to the file.
+        """
+        start = Path(path or Path.cwd()).resolve()
+        if start.is_file():
+            return cls._from_config_file(start)
+        for folder in (start, *start.parents):
+            if (folder / CONFIG_FILE_NAME).is_file():
+                return cls._from_config_file(folder / CONFIG_FILE_NAME)
+            if (folder / DEFAULT_WORKSPACE_DIR).is_dir():
+                return cls(folder / DEFAULT_WORKSPACE_DIR)
+        raise WorkspaceError(
+            f"no {CONFIG_FILE_NAME} or {DEFAULT_WORKSPACE_DIR}/ found in {start} or above it. "
+            f'Create {CONFIG_FILE_NAME} with {{"url": "<fsspec url>"}}, or use Workspace() '
+            "for the default local workspace."
+        )
+
+    @classmethod
+    def _from_config_file(cls, file: Path) -> Workspace:
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise WorkspaceError(f"cannot read workspace config {file}: {exc}") from exc
+        url = data.get("url", DEFAULT_WORKSPACE_DIR)
+        if "://" not in url and not os.path.isabs(url):
+            url = str(file.parent / url)
+        return cls(url, data.get("storage_options"))
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Workspace) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    # -- addressing -------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        """The full fsspec path of a workspace-relative path."""
+        rel = "/".join(p.strip("/") for p in parts if p)
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables from which a child process reopens this workspace."""
+        env = {"MLTRAIN_WORKSPACE": self.url}
+        if self.storage_options:
+            env["MLTRAIN_WORKSPACE_OPTIONS"] = json.dumps(self.storage_options)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Workspace:
+        environ = os.environ if environ is None else environ
+        options = environ.get("MLTRAIN_WORKSPACE_OPTIONS")
+        return cls(environ["MLTRAIN_WORKSPACE"], json.loads(options) if options else None)
+
+    # -- settings ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> WorkspaceSettings:
+        if self._settings is None:
+            self._settings = WorkspaceSettings.from_dict(self.read_json("config.json", {}))
+        return self._settings
+
+    def update_settings(self, **values: Any) -> WorkspaceSettings:
+        """Change and persist workspace settings, e.g. ``snapshot_max_files=5000``."""
+        data = self.read_json("config.json", {})
+        unknown = set(values) - {f.name for f in fields(WorkspaceSettings)}
+        if unknown:
+            raise WorkspaceError(f"unknown workspace settings: {sorted(unknown)}")
+        data.update(values)
+        self.write_json("config.json", data)
+        self._settings = WorkspaceSettings.from_dict(data)
+        return self._settings
+
+    # -- files ------------------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str, default: Any = ...) -> Any:
+        try:
+            return json.loads(self.read_bytes(rel))
+        except FileNotFoundError:
+            if default is ...:
+                raise
+            return default
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a whole file atomically: readers see the old or the new content, never half."""
+        target = self.path(rel)
+        if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    def list_dir(self, rel: str) -> list[str]:
+        """Names directly under ``rel`` (files and folders); empty if it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def find(self, rel: str) -> dict[str, int]:
+        """Every file under ``rel``, as relative path -> size."""
+        base = self.path(rel)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = self.fs._strip_protocol(base).rstrip("/") + "/"
+        out = {}
+        for name, info in found.items():
+            name = self.fs._strip_protocol(name)
+            if info.get("type") == "file" and name.startswith(prefix):
+                out[name[len(prefix):]] = int(info.get("size") or 0)
+        return out
+
+    def put_files(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Upload ``(local_path, rel)`` pairs in one batch (concurrent on object stores)."""
+        pairs = list(pairs)
+        if not pairs:
+            return
+        if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
+            for local, rel in pairs:
+                with open(local, "rb") as f:
+                    self.write_bytes(rel, f.read())
+            return
+        self.fs.put([p[0] for p in pairs], [self.path(p[1]) for p in pairs])
+
+    def get_file(self, rel: str, local: str | os.PathLike) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        self.fs.get_file(self.path(rel), os.fspath(local))
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        try:
+            self.fs.rm(self.path(rel), recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    # -- content-addressed blobs ------------------------------------------------------------
+
+    @staticmethod
+    def blob_rel(sha256: str) -> str:
+        return f"blobs/{sha256[:2]}/{sha256}"
+
+    def existing_blobs(self, candidates: Iterable[str]) -> set[str]:
+        """Which of ``candidates`` are already stored; one listing when there are many."""
+        candidates = set(candidates)
+        if len(candidates) <= 32:
+            return {c for c in candidates if self.exists(self.blob_rel(c))}
+        stored = {rel.rsplit("/", 1)[-1] for rel in self.find("blobs")}
+        return candidates & stored
+
+    # -- experiments ------------------------------------------------------------------------
+
+    def list_experiments(self) -> list[str]:
+        return self.list_dir("experiments")
+
