@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any
 
 from .config import ScriptRunConfig
@@ -61,8 +62,12 @@ class Experiment:
         record = new_record(self.name, run_id, config=config.record(),
                             compute_target=config.record()["compute_target"])
         if take_snapshot:
-            record["snapshot_id"] = capture(ws, config.source_directory,
-                                            progress=sys.stderr.isatty()).snapshot_id
+            snap = capture(ws, config.source_directory, progress=sys.stderr.isatty())
+            record["snapshot_id"] = snap.snapshot_id
+            if snap.skipped:
+                record["snapshot_skipped"] = snap.skipped[:100]
+                warnings.warn(f"not captured (links leaving {config.source_directory}, or "
+                              f"special files): {', '.join(snap.skipped[:10])}", stacklevel=3)
         git = git_provenance(config.source_directory)
         if git:
             diff = git.pop("diff", "")

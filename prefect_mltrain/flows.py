@@ -116,13 +116,18 @@ def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
 
 
 @task(name="collect_artifacts", cache_policy=NO_CACHE)
-def collect_artifacts(workspace: str, experiment: str, run_id: str) -> dict[str, Any]:
-    """Publish the run summary, metrics table and outputs listing as Prefect artifacts."""
+def collect_artifacts(workspace: str, experiment: str, run_id: str,
+                      outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish the run summary, metrics table and outputs listing as Prefect artifacts.
+
+    ``outcome`` (status, exit code, error) describes an ending not yet in the record.
+    """
     from .experiment import Experiment
     from .run import Run
 
     run = Run(Experiment(open_workspace(workspace), experiment), run_id)
-    details, metrics, files = run.get_details(), run.get_metrics(), run.get_file_names()
+    details = {**run.get_details(), **(outcome or {})}
+    metrics, files = run.get_metrics(), run.get_file_names()
     key = run_id.lower().replace("_", "-")[-60:].strip("-")
     create_markdown_artifact(key=f"run-{key}", markdown=_summary_markdown(details, files),
                              description=f"Run {run_id}")
@@ -193,12 +198,13 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
     finally:
         watchdog.stop()
     recorder = RunRecorder(ws, experiment, run_id)  # re-read: execute wrote it too
-    recorder.update(RunStatus(outcome["status"]), exit_code=outcome.get("exit_code"),
-                    error=outcome.get("error"), log_tail=outcome.get("log_tail"))
+    final = {"exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
+             "log_tail": outcome.get("log_tail")}
     try:
-        collect_artifacts(ws.url, experiment, run_id)
+        collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]})
     except Exception as exc:  # artifacts are a view; the run's result stands without them
         get_run_logger().warning("could not publish artifacts: %s", exc)
+    recorder.update(RunStatus(outcome["status"]), **final)
     details = recorder.record
     if details["status"] == RunStatus.CANCELED.value:
         return Cancelled(message=details.get("error") or "canceled")
@@ -233,3 +239,21 @@ def _script_env(ws: Workspace, experiment: str, run_id: str, stage: Path, interp
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
                                                           env.get("PYTHONPATH")]))
     return env
+
+
+def _summary_markdown(details: dict[str, Any], files: list[str]) -> str:
+    duration = ""
+    if details.get("started_at") and details.get("ended_at"):
+        duration = f"{details['ended_at'] - details['started_at']:.1f} s"
+    rows = [("Status", details["status"]), ("Exit code", details.get("exit_code")),
+            ("Duration", duration), ("Snapshot", (details.get("snapshot_id") or "")[:12]),
+            ("Compute target", details.get("compute_target")),
+            ("Tags", ", ".join(f"{k}={v}" for k, v in (details.get("tags") or {}).items())),
+            ("Error", details.get("error"))]
+    table = "\n".join(f"| {k} | {v if v is not None else ''} |" for k, v in rows)
+    text = f"# Run `{details['run_id']}`\n\n| | |\n|---|---|\n{table}\n"
+    if details.get("log_tail"):
+        text += f"\n## Log tail\n\n```\n{details['log_tail']}\n```\n"
+    if files:
+        text += "\n## Files\n\n" + "\n".join(f"- `{f}`" for f in files[:200]) + "\n"
+    return text

@@ -318,7 +318,9 @@ class Run:
         last = beat.get("time") or record.get("created_at") or 0
         timeout = self._ws.settings.heartbeat_timeout_seconds
         same_host = host == socket.gethostname()
-        if same_host and pid and not process_alive(pid):
+        if same_host and pid:  # the process table is authoritative on the runner's host
+            if process_alive(pid):
+                return record
             reason = f"the runner process {pid} on {host} exited without finishing the run"
         elif beat and time.time() - last > timeout:
             reason = f"no heartbeat from the runner on {host} for {int(time.time() - last)} s"

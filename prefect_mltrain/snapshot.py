@@ -137,7 +137,7 @@ def take_snapshot(
 
 
 def load_manifest(ws: Workspace, snapshot_id: str) -> dict:
-    """Read a snapshot's manifest. Raises SnapshotError if it is missing or does not match its id."""
+    """Read a snapshot's manifest; SnapshotError if it is missing or does not match its id."""
     if not isinstance(snapshot_id, str) or not _SHA.fullmatch(snapshot_id):
         raise SnapshotError(f"{snapshot_id!r} is not a snapshot id (64 lowercase hex characters).")
     try:
@@ -162,10 +162,10 @@ def restore_snapshot(
 ) -> Path:
     """Recreate a snapshot's files, modes and internal symlinks under ``destination``.
 
-    The manifest is checked before anything is written: absolute paths, ``..`` components,
-    and links that resolve outside ``destination`` raise SnapshotError. This means that a
-    tampered workspace cannot write outside the destination. Each blob is downloaded once
-    in a single batch. Files with the same content are then copied locally.
+    Every path is checked before anything is written, so a tampered workspace cannot
+    write outside ``destination``: absolute paths, ``..`` components, writes through a
+    symlink that leaves it, and links that resolve outside it raise SnapshotError. Each
+    blob is downloaded once, in one batch; files with the same content are copied locally.
     """
     manifest = load_manifest(ws, snapshot_id)
     files, links = manifest.get("files"), manifest.get("symlinks", {})
@@ -194,7 +194,8 @@ def restore_snapshot(
             else:
                 first[meta["sha256"]] = path
         if first:
-            ws.fs.get([ws.path(ws.blob_rel(sha)) for sha in first], [str(p) for p in first.values()])
+            blobs = [ws.path(ws.blob_rel(sha)) for sha in first]
+            ws.fs.get(blobs, [str(p) for p in first.values()])  # one batch, concurrent remotely
         for src, dst in copies:
             shutil.copyfile(src, dst)
         for rel, meta in files.items():
@@ -209,7 +210,9 @@ def restore_snapshot(
     except OSError as exc:
         raise SnapshotError(f"cannot restore snapshot {snapshot_id} into {dest}: {exc}") from exc
     for rel in links:  # chains such as a -> ".", b -> "a/.." can only be judged once all exist
-        if not _inside(str(dest), os.path.realpath(dest.joinpath(*rel.split("/")))):
+        link = dest.joinpath(*rel.split("/"))
+        if not _inside(str(dest), os.path.realpath(link)):
+            link.unlink()
             raise SnapshotError(f"snapshot {snapshot_id}: symlink {rel!r} resolves outside {dest}.")
     return dest
 
@@ -268,7 +271,10 @@ def _walk(root: Path, exclude_dirs: Collection[str] = ()) -> _Tree:
                 if entry.path not in exclude_dirs:
                     stack.append((entry.path, rel + "/", rules))
             elif entry.is_file(follow_symlinks=False):
-                tree.files[rel] = entry.stat(follow_symlinks=False)
+                try:
+                    tree.files[rel] = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted while we walk: it is simply not captured
+                    pass
             else:
                 tree.skipped.append(rel)  # a FIFO or socket: reading it could block forever
     return tree
@@ -284,8 +290,8 @@ def _read_rules(root: Path, folder: str) -> GitIgnoreSpec | None:
                 return GitIgnoreSpec.from_lines(f.read().splitlines())
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
-        except OSError as exc:
-            raise SnapshotError(f"cannot read {path}: {exc}. Fix its permissions.") from exc
+        except (OSError, ValueError) as exc:  # ValueError: an invalid pattern
+            raise SnapshotError(f"cannot use {path}: {exc}. Fix the file.") from exc
     return None
 
 
@@ -375,7 +381,7 @@ def _hash_file(path: Path) -> str:
 
 
 def _hash_files(root: Path, tree: _Tree, rels: list[str], progress: bool) -> dict[str, str]:
-    """Hash the files that the stat cache could not vouch for. hashlib releases the GIL, so threads help."""
+    """Hash the files the stat cache cannot vouch for; hashlib releases the GIL, so threads help."""
     if not rels:
         return {}
     with _progress(progress, "Hashing", sum(tree.files[r].st_size for r in rels)) as advance:
@@ -401,13 +407,13 @@ def _upload(ws: Workspace, root: Path, tree: _Tree, blobs: dict[str, str],
             for i in range(0, len(pairs), batch):
                 ws.put_files(pairs[i:i + batch])
                 advance(sum(sizes[i:i + batch]))
-        changed = [rel for rel in sorted(hashed | set(blobs.values()))
-                   if _stat_key(os.lstat(root / rel)) != _stat_key(tree.files[rel])]
     except OSError as exc:
         raise SnapshotError(
             f"uploading the snapshot of {root} to {ws.url} failed: {exc}. Check that the "
             "workspace is reachable and re-submit; blobs that were already uploaded are reused."
         ) from exc
+    changed = [rel for rel in sorted(hashed | set(blobs.values()))
+               if _current_key(root / rel) != _stat_key(tree.files[rel])]
     if changed:
         for sha, rel in blobs.items():
             if rel in changed:
@@ -420,6 +426,13 @@ def _upload(ws: Workspace, root: Path, tree: _Tree, blobs: dict[str, str],
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _current_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        return _stat_key(os.lstat(path))
+    except OSError:  # deleted meanwhile
+        return None
 
 
 @contextmanager
@@ -493,7 +506,7 @@ def _is_absolute(rel: str) -> bool:
 
 
 def _safe_rel(rel: object) -> bool:
-    """Accept a relative path whose components are all plain names. ``\\`` counts as a separator too."""
+    """Accept a relative path made of plain names only (``\\`` counts as a separator too)."""
     if not isinstance(rel, str) or not rel or "\0" in rel or _is_absolute(rel):
         return False
     return all(part not in ("", ".", "..") for part in re.split(r"[\\/]", rel))
@@ -505,7 +518,8 @@ def _stays_inside(rel: str, target: str) -> bool:
 
 
 def _prepare(dest: Path, rel: str) -> Path:
-    """Create the parent folders of ``rel`` and clear the path, refusing to write through a symlink that leaves ``dest``."""
+    """Create ``rel``'s parent folders and clear its path, never writing through a symlink
+    that leaves ``dest``."""
     path = dest.joinpath(*rel.split("/"))
     if not _inside(str(dest), os.path.realpath(path.parent)):
         raise SnapshotError(f"restoring {rel!r} would write outside {dest}; refusing.")

@@ -13,8 +13,10 @@ Writes are atomic: one put on object stores and in memory, write-then-rename on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -100,7 +102,9 @@ class Workspace:
             data = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise WorkspaceError(f"cannot read workspace config {file}: {exc}") from exc
-        url = data.get("url", DEFAULT_WORKSPACE_DIR)
+        url = data.get("url", DEFAULT_WORKSPACE_DIR) if isinstance(data, dict) else None
+        if not isinstance(url, str):
+            raise WorkspaceError(f'{file} must hold a JSON object like {{"url": "s3://bucket/ml"}}')
         if "://" not in url and not os.path.isabs(url):
             url = str(file.parent / url)
         return cls(url, data.get("storage_options"))
@@ -131,6 +135,8 @@ class Workspace:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Workspace:
         environ = os.environ if environ is None else environ
+        if not environ.get("MLTRAIN_WORKSPACE"):
+            raise WorkspaceError("MLTRAIN_WORKSPACE is not set: open the workspace by URL instead")
         options = environ.get("MLTRAIN_WORKSPACE_OPTIONS")
         return cls(environ["MLTRAIN_WORKSPACE"], json.loads(options) if options else None)
 
@@ -156,7 +162,9 @@ class Workspace:
     # -- files ------------------------------------------------------------------------------
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        path = self.path(rel)
+        self.fs.invalidate_cache(path)  # other processes write here too
+        return self.fs.exists(path)
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
@@ -175,9 +183,14 @@ class Workspace:
         if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self.fs.pipe_file(target, data)
 
@@ -195,6 +208,7 @@ class Workspace:
     def find(self, rel: str) -> dict[str, int]:
         """Every file under ``rel``, as relative path -> size."""
         base = self.path(rel)
+        self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -214,8 +228,11 @@ class Workspace:
             return
         if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
             for local, rel in pairs:
-                with open(local, "rb") as f:
-                    self.write_bytes(rel, f.read())
+                target = self.path(rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+                shutil.copyfile(local, tmp)
+                os.replace(tmp, target)
             return
         self.fs.put([p[0] for p in pairs], [self.path(p[1]) for p in pairs])
 

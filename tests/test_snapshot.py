@@ -27,11 +27,6 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MLTRAIN_HOME", str(tmp_path / "home"))
 
 
-@pytest.fixture
-def ws(tmp_path):
-    return Workspace(tmp_path / "ws")
-
-
 def write(root: Path, rel: str, content: str | bytes = "x", mode: int | None = None) -> Path:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,10 +148,11 @@ def test_symlinks_leaving_the_directory_are_skipped_never_followed(tmp_path, ws)
     os.symlink(outside, src / "secrets")
     os.symlink("../../escape", src / "conf" / "up")
     os.symlink("missing.txt", src / "broken")
+    os.mkfifo(src / "events.pipe")  # reading it would block forever
 
     result = take_snapshot(ws, src)
 
-    assert result.skipped == ["broken", "conf/up", "key.pem", "secrets"]
+    assert result.skipped == ["broken", "conf/up", "events.pipe", "key.pem", "secrets"]
     manifest = load_manifest(ws, result.snapshot_id)
     assert sorted(manifest["files"]) == ["conf/params.yaml", "data/small.csv", "train.py"]
     assert sorted(manifest["symlinks"]) == ["data/conf", "params.yaml"]
@@ -215,7 +211,7 @@ def store_manifest(ws: Workspace, manifest: dict) -> str:
 @pytest.mark.parametrize("files, symlinks", [
     (["../evil"], {}),
     (["ok/../../evil"], {}),
-    (["/tmp/evil"], {}),
+    (["<abs>/evil"], {}),
     ([], {"evil": "../../evil"}),
     ([], {"l1": ".", "evil": "l1/.."}),
 ])
@@ -223,6 +219,7 @@ def test_hostile_manifest_cannot_write_outside_destination(tmp_path, ws, files, 
     sha = hashlib.sha256(b"pwned").hexdigest()
     ws.write_bytes(ws.blob_rel(sha), b"pwned")
     meta = {"sha256": sha, "size": 5, "mode": 0o644}
+    files = [f.replace("<abs>", str(tmp_path)) for f in files]
     snapshot_id = store_manifest(ws, {"files": {f: meta for f in files}, "symlinks": symlinks})
     dest = tmp_path / "jail" / "dest"
 
@@ -230,7 +227,20 @@ def test_hostile_manifest_cannot_write_outside_destination(tmp_path, ws, files, 
         restore_snapshot(ws, snapshot_id, dest)
 
     assert not (tmp_path / "evil").exists() and not (tmp_path / "jail" / "evil").exists()
-    assert not Path("/tmp/evil").exists()
+    assert not os.path.lexists(dest / "evil")
+
+
+def test_restore_does_not_write_through_a_symlink_already_in_the_destination(tmp_path, ws):
+    snapshot_id = take_snapshot(ws, project(tmp_path)).snapshot_id
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "conf")
+
+    with pytest.raises(SnapshotError, match="outside"):
+        restore_snapshot(ws, snapshot_id, dest)
+    assert list(outside.iterdir()) == []
 
 
 def test_tampered_manifest_and_unknown_id_are_refused(tmp_path, ws):
@@ -271,6 +281,27 @@ def test_failed_upload_leaves_no_manifest(tmp_path, ws, monkeypatch):
     assert ws.find("snapshots") == {}
 
 
+def test_file_changed_during_upload_leaves_no_wrong_blob(tmp_path, ws, monkeypatch):
+    src = project(tmp_path)
+    upload = ws.put_files
+
+    def upload_while_editing(pairs):
+        write(src, "train.py", "print('edited meanwhile')\n")
+        upload(pairs)
+
+    monkeypatch.setattr(ws, "put_files", upload_while_editing)
+    with pytest.raises(SnapshotError, match=r"train\.py changed while"):
+        take_snapshot(ws, src)
+    monkeypatch.setattr(ws, "put_files", upload)
+
+    stored = {hashlib.sha256(ws.read_bytes(f"blobs/{rel}")).hexdigest() for rel in ws.find("blobs")}
+    assert stored == {rel.rsplit("/", 1)[-1] for rel in ws.find("blobs")}
+    assert ws.find("snapshots") == {}
+    result = take_snapshot(ws, src)
+    restored = restore_snapshot(ws, result.snapshot_id, tmp_path / "out")
+    assert (restored / "train.py").read_text() == "print('edited meanwhile')\n"
+
+
 def test_local_workspace_inside_the_source_is_not_captured(tmp_path):
     src = project(tmp_path)
     ws = Workspace(src / "store")
@@ -279,7 +310,8 @@ def test_local_workspace_inside_the_source_is_not_captured(tmp_path):
     second = take_snapshot(ws, src)
 
     assert second.snapshot_id == first.snapshot_id and second.uploaded_files == 0
-    assert not any(rel.startswith("store/") for rel in load_manifest(ws, first.snapshot_id)["files"])
+    captured = load_manifest(ws, first.snapshot_id)["files"]
+    assert not any(rel.startswith("store/") for rel in captured)
 
 
 def test_memory_workspace_round_trip_and_dedupe(tmp_path):
@@ -297,3 +329,22 @@ def test_memory_workspace_round_trip_and_dedupe(tmp_path):
     assert (dest / "copy.yaml").read_text() == "lr: 0.1\n" and (dest / "notes.md").exists()
     assert (dest / "train.py").stat().st_mode & 0o777 == 0o755
     assert os.readlink(dest / "params.yaml") == "conf/params.yaml"
+
+
+def test_s3_workspace_uploads_only_what_changed(tmp_path, s3_workspace_options):
+    s3 = s3_workspace_options
+    ws = Workspace(f"{s3['url']}/snapshot-{uuid.uuid4().hex}", s3["storage_options"])
+    src = project(tmp_path)
+    for i in range(40):
+        write(src, f"pkg/m{i}.py", f"X = {i}\n")
+
+    first = take_snapshot(ws, src)
+    write(src, "pkg/m7.py", "X = 'seven'\n")
+    second = take_snapshot(ws, src)
+    dest = restore_snapshot(ws, second.snapshot_id, tmp_path / "out")
+
+    assert (first.file_count, first.uploaded_files) == (43, 43)
+    assert (second.hashed_files, second.uploaded_files) == (1, 1)
+    assert (dest / "pkg/m7.py").read_text() == "X = 'seven'\n"
+    assert (dest / "train.py").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(dest / "data/conf") == "../conf"

@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated MLTRAIN_HOME, one real local Prefect server, workspaces."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mltrain_home(tmp_path_factory):
+    """Every test process and the runners they start use a private MLTRAIN_HOME."""
+    home = tmp_path_factory.mktemp("mltrain-home")
+    old = os.environ.get("MLTRAIN_HOME")
+    os.environ["MLTRAIN_HOME"] = str(home)
+    os.environ.pop("PREFECT_API_URL", None)
+    yield home
+    if old is None:
+        os.environ.pop("MLTRAIN_HOME", None)
+    else:
+        os.environ["MLTRAIN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def prefect_server(mltrain_home):
+    """A real `prefect server start` (SQLite), the embedded default, stopped at the end."""
+    from prefect_mltrain import server
+
+    info = server.ensure_server()
+    os.environ["PREFECT_API_URL"] = info["api_url"]
+    os.environ["PREFECT_UI_URL"] = info["ui_url"]
+    yield info
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop_server()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    from prefect_mltrain import Workspace
+
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def s3_workspace_options():
+    from s3_server import moto_s3
+
+    with moto_s3() as s3:
+        yield s3
+
+
+def write_script(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path

@@ -1,0 +1,315 @@
+"""A user's story on local compute: submit, watch, inspect, cancel — real Prefect, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import write_script
+
+from prefect_mltrain import (
+    Environment,
+    Experiment,
+    RunFailedError,
+    ScriptRunConfig,
+    UnsafePathError,
+)
+
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.timeout(180)]
+
+TRAIN = """
+    import sys, time
+    from prefect_mltrain import Run
+    run = Run.get_context()
+    alpha = float(sys.argv[sys.argv.index("--alpha") + 1])
+    for step in range(3):
+        run.log("mse", 3.2 / (step + 1), step=step)
+    run.log("alpha", alpha)
+    run.log_list("weights", [1, 2, 3])
+    run.log_row("curve", epoch=1, loss=0.5)
+    run.log_row("curve", epoch=2, loss=0.25)
+    run.tag("framework", "stdlib")
+    child = run.child_run("fold-0")
+    child.log("fold_mse", 1.5)
+    child.complete()
+    open("outputs/model.pkl", "wb").write(b"model-bytes")
+    open("logs/extra.txt", "w").write("extra log")
+    print("training done")
+"""
+
+
+def _pids_alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return alive
+
+
+def _flow_run_state(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.type.value
+
+
+def test_submit_completes_with_metrics_outputs_and_details(ws, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    write_script(proj, "train.py", TRAIN)
+    env = Environment("user-managed-env")
+    env.python.user_managed_dependencies = True
+    src = ScriptRunConfig(source_directory=proj, script="train.py", arguments=["--alpha", 0.5],
+                          environment=env, max_run_duration_seconds=600)
+    run = Experiment(ws, "demo").submit(src, tags={"kind": "ridge"})
+    assert run.get_status() in ("Queued", "Preparing", "Starting", "Running", "Completed")
+
+    details = run.wait_for_completion(show_output=True)
+    out = capsys.readouterr().out
+    assert "training done" in out and "Completed" in out
+
+    assert details["status"] == "Completed" and details["exit_code"] == 0
+    assert [h["status"] for h in details["status_history"]] == [
+        "NotStarted", "Queued", "Preparing", "Starting", "Running", "Finalizing", "Completed"]
+    assert details["snapshot_id"] and details["flow_run_id"]
+    assert details["flow_run_url"].endswith(details["flow_run_id"])
+    assert details["tags"] == {"kind": "ridge", "framework": "stdlib"}
+    assert _flow_run_state(details["flow_run_id"]) == "COMPLETED"
+
+    metrics = run.get_metrics()
+    assert metrics["mse"] == pytest.approx([3.2, 1.6, 3.2 / 3])
+    assert metrics["alpha"] == 0.5
+    assert metrics["weights"] == [1, 2, 3]
+    assert metrics["curve"] == {"epoch": [1, 2], "loss": [0.5, 0.25]}
+
+    files = run.get_file_names()
+    assert {"outputs/model.pkl", "logs/extra.txt", "logs/std_log.txt"} <= set(files)
+    target = run.download_file("outputs/model.pkl", tmp_path / "model.pkl")
+    assert target.read_bytes() == b"model-bytes"
+    got = run.download_files(prefix="outputs/", output_directory=tmp_path / "out")
+    assert (tmp_path / "out" / "outputs" / "model.pkl").read_bytes() == b"model-bytes"
+    assert len(got) == 1
+
+    children = run.get_children()
+    assert len(children) == 1
+    assert children[0].get_metrics() == {"fold_mse": 1.5}
+    assert children[0].get_status() == "Completed"
+    assert [r.id for r in Experiment(ws, "demo").get_runs()] == [run.id]
+
+
+def test_prefect_artifacts_describe_the_run(ws, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    write_script(tmp_path / "p", "t.py", """
+        from prefect_mltrain import Run
+        Run.get_context().log("acc", 0.9)
+        open("outputs/a.txt", "w").write("a")
+    """)
+    run = Experiment(ws, "art").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                       script="t.py"))
+    details = run.wait_for_completion()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[details["flow_run_id"]])))
+    kinds = {a.type for a in artifacts}
+    assert kinds == {"markdown", "table"}
+    text = json.dumps([a.data for a in artifacts], default=str)
+    assert "acc" in text and "outputs/a.txt" in text and "Completed" in text
+
+
+def test_crashing_script_fails_with_exit_code_traceback_and_partial_outputs(ws, tmp_path):
+    write_script(tmp_path / "p", "crash.py", """
+        open("outputs/partial.txt", "w").write("half done")
+        raise RuntimeError("boom in training")
+    """)
+    run = Experiment(ws, "crash").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                         script="crash.py"))
+    with pytest.raises(RunFailedError, match="boom in training"):
+        run.wait_for_completion()
+    details = run.get_details()
+    assert details["status"] == "Failed" and details["exit_code"] == 1
+    assert "RuntimeError: boom in training" in details["log_tail"]
+    assert "outputs/partial.txt" in run.get_file_names()
+    assert _flow_run_state(details["flow_run_id"]) == "FAILED"
+
+
+SLOW = """
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open("outputs/pids.txt", "w").write(f"{os.getpid()} {child.pid}")
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+def _wait_for_file(run, name, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name in run.get_file_names():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never appeared; status {run.get_status()}")
+
+
+def test_timeout_cancels_and_leaves_no_process(ws, tmp_path):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "slow").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="slow.py", max_run_duration_seconds=4))
+    details = run.wait_for_completion(timeout=120)
+    assert details["status"] == "Canceled"
+    assert "max_run_duration_seconds=4" in details["error"]
+    pids = [int(p) for p in run.download_file("outputs/pids.txt", tmp_path).read_text().split()]
+    assert _pids_alive(pids) == []
+    assert _flow_run_state(details["flow_run_id"]) == "CANCELLED"
+
+
+def test_cancel_from_another_process(ws, tmp_path):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "cancel").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                          script="slow.py"))
+    _wait_for_file(run, "outputs/pids.txt")
+    code = (f"from prefect_mltrain import Workspace, Run; "
+            f"Run.get(Workspace({str(ws.url)!r}), {run.id!r}).cancel()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    details = run.wait_for_completion(timeout=60)
+    assert details["status"] == "Canceled"
+    pids = [int(p) for p in run.download_file("outputs/pids.txt", tmp_path).read_text().split()]
+    assert _pids_alive(pids) == []
+
+
+def test_killed_runner_ends_failed_and_takes_the_script_down(ws, tmp_path):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "killed").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                          script="slow.py"))
+    _wait_for_file(run, "outputs/pids.txt")
+    runner_pid = ws.read_json(f"{run._dir}/heartbeat.json")["pid"]
+    os.kill(runner_pid, 9)
+    details = run.wait_for_completion(raise_on_error=False, timeout=60)
+    assert details["status"] == "Failed"
+    assert "runner" in details["error"] and "outputs synced so far are kept" in details["error"]
+    pids = [int(p) for p in run.download_file("outputs/pids.txt", tmp_path).read_text().split()]
+    deadline = time.monotonic() + 15
+    while _pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _pids_alive(pids) == []
+
+
+@pytest.mark.timeout(300)
+def test_twenty_concurrent_submissions_make_twenty_complete_records(ws, tmp_path):
+    write_script(tmp_path / "p", "t.py", """
+        import sys
+        from prefect_mltrain import Run
+        Run.get_context().log("i", int(sys.argv[1]))
+    """)
+    exp = Experiment(ws, "many")
+
+    def submit(i):
+        return exp.submit(ScriptRunConfig(source_directory=tmp_path / "p", script="t.py",
+                                          arguments=[i]))
+
+    with ThreadPoolExecutor(20) as pool:
+        runs = list(pool.map(submit, range(20)))
+    assert len({r.id for r in runs}) == 20
+    for r in runs:
+        r.wait_for_completion(timeout=240)
+    assert sorted(r.get_metrics()["i"] for r in runs) == list(range(20))
+    assert len(exp.get_runs()) == 20
+
+
+def test_secret_variables_reach_the_script_but_no_record_or_log(ws, tmp_path):
+    write_script(tmp_path / "p", "s.py", """
+        import os
+        value = os.environ["API_TOKEN"]
+        open("outputs/len.txt", "w").write(str(len(value)))
+        print("plain", os.environ["PLAIN"])
+    """)
+    env = Environment("secretive", environment_variables={"PLAIN": "visible"})
+    env.secret_environment_variables = {"API_TOKEN": "s3cr3t-t0ken-value"}
+    run = Experiment(ws, "secret").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                          script="s.py", environment=env))
+    details = run.wait_for_completion()
+    assert run.download_file("outputs/len.txt", tmp_path).read_text() == "18"
+    stored = "".join(ws.read_bytes(f"{run._dir}/{name}").decode()
+                     for name in ws.find(run._dir))
+    assert "s3cr3t-t0ken-value" not in stored
+    assert "plain visible" in stored
+    assert details["config"]["environment"]["secret_environment_variables"] == ["API_TOKEN"]
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as client:
+        params = client.read_flow_run(details["flow_run_id"]).parameters
+    assert "s3cr3t" not in json.dumps(params, default=str)
+
+
+def test_download_refuses_names_that_leave_the_run(ws, tmp_path):
+    write_script(tmp_path / "p", "t.py", "open('outputs/a.txt','w').write('a')\n")
+    run = Experiment(ws, "trav").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                        script="t.py"))
+    run.wait_for_completion()
+    for bad in ("../../etc/passwd", "/etc/passwd", "outputs/../../run.json", ""):
+        with pytest.raises(UnsafePathError):
+            run.download_file(bad, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_git_provenance_is_stored_with_the_run(ws, tmp_path):
+    proj = tmp_path / "repo"
+    write_script(proj, "t.py", "print('hi')\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=proj, check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://user:tok123@example.com/o/r.git"],
+                   cwd=proj, check=True)
+    subprocess.run([*git, "add", "."], cwd=proj, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=proj, check=True)
+    (proj / "t.py").write_text("print('changed')\n")
+    run = Experiment(ws, "git").submit(ScriptRunConfig(source_directory=proj, script="t.py"))
+    details = run.wait_for_completion()
+    assert details["git"]["repository"] == "https://example.com/o/r.git"
+    assert details["git"]["branch"] == "main" and details["git"]["dirty"] is True
+    assert "tok123" not in json.dumps(details)
+    diff = run.download_file("git_diff.patch", tmp_path / "d.patch").read_text()
+    assert "+print('changed')" in diff
+
+
+def test_script_started_by_hand_gets_an_offline_run(tmp_path):
+    write_script(tmp_path, "t.py", """
+        from prefect_mltrain import Run
+        run = Run.get_context()
+        run.log("loss", 0.1); run.tag("k", "v"); run.log_row("r", a=1)
+        print("offline", run.is_offline, run.get_metrics())
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLTRAIN_")}
+    result = subprocess.run([sys.executable, "t.py"], cwd=tmp_path, env=env, timeout=60,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "offline True {'loss': 0.1, 'r': {'a': [1]}}" in result.stdout
+    assert list((tmp_path / ".mltrain-offline").iterdir())
+
+
+def test_s3_workspace_end_to_end(s3_workspace_options, tmp_path):
+    from prefect_mltrain import Workspace
+
+    ws = Workspace(s3_workspace_options["url"] + "/e2e",
+                   storage_options=s3_workspace_options["storage_options"])
+    write_script(tmp_path / "p", "t.py", """
+        from prefect_mltrain import Run
+        Run.get_context().log("acc", 0.75)
+        open("outputs/m.txt", "w").write("s3 model")
+        print("on s3")
+    """)
+    run = Experiment(ws, "s3").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                      script="t.py"))
+    details = run.wait_for_completion(timeout=120)
+    assert details["status"] == "Completed"
+    assert run.get_metrics() == {"acc": 0.75}
+    assert run.download_file("outputs/m.txt", tmp_path / "m.txt").read_text() == "s3 model"
+    assert ws.fs.exists(ws.path("snapshots", details["snapshot_id"] + ".json"))
