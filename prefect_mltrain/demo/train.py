@@ -19,18 +19,18 @@ run = Run.get_context()
 rng = random.Random(0)
 xs = [[rng.uniform(-1, 1) for _ in range(3)] for _ in range(200)]
 true_w = [1.5, -2.0, 0.5]
-ys = [sum(w * x for w, x in zip(true_w, row)) + rng.gauss(0, 0.1) for row in xs]
+ys = [sum(w * x for w, x in zip(true_w, row, strict=True)) + rng.gauss(0, 0.1) for row in xs]
 
 w = [0.0, 0.0, 0.0]
 for epoch in range(args.epochs):
     grad = [args.alpha * wi for wi in w]
     mse = 0.0
-    for row, y in zip(xs, ys):
-        err = sum(wi * xi for wi, xi in zip(w, row)) - y
+    for row, y in zip(xs, ys, strict=True):
+        err = sum(wi * xi for wi, xi in zip(w, row, strict=True)) - y
         mse += err * err / len(xs)
         for i, xi in enumerate(row):
             grad[i] += 2 * err * xi / len(xs)
-    w = [wi - args.lr * gi for wi, gi in zip(w, grad)]
+    w = [wi - args.lr * gi for wi, gi in zip(w, grad, strict=True)]
     run.log("mse", mse, step=epoch)
     print(f"epoch {epoch:3d}  mse {mse:.4f}")
 
