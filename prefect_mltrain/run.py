@@ -249,13 +249,13 @@ class Run:
         if record is None:
             return
         set_status(record, status, **fields)
-        if self._stage is not None:
+        if self._stage is not None and not self._client:
             _write_json(self._stage / "run.json", record)
         else:
             self._ws.write_json(f"{self._dir}/run.json", record)
 
     def _load_own_record(self) -> dict[str, Any] | None:
-        if self._stage is not None:
+        if self._stage is not None and not self._client:
             try:
                 return json.loads((self._stage / "run.json").read_text())
             except (OSError, ValueError):

@@ -15,6 +15,7 @@ from conftest import write_script
 from prefect_mltrain import (
     Environment,
     Experiment,
+    Run,
     RunFailedError,
     ScriptRunConfig,
     UnsafePathError,
@@ -313,3 +314,67 @@ def test_s3_workspace_end_to_end(s3_workspace_options, tmp_path):
     assert run.get_metrics() == {"acc": 0.75}
     assert run.download_file("outputs/m.txt", tmp_path / "m.txt").read_text() == "s3 model"
     assert ws.fs.exists(ws.path("snapshots", details["snapshot_id"] + ".json"))
+
+
+def test_upload_file_log_image_and_resubmit(ws, tmp_path):
+    write_script(tmp_path / "p", "t.py", """
+        from prefect_mltrain import Run
+        run = Run.get_context()
+        open("report.txt", "w").write("report")
+        run.upload_file("reports/report.txt", "report.txt")
+        open("pic.png", "wb").write(b"\\x89PNG fake")
+        run.log_image("confusion", path="pic.png")
+    """)
+    run = Experiment(ws, "upl").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                       script="t.py"))
+    run.wait_for_completion()
+    files = run.get_file_names()
+    assert "reports/report.txt" in files
+    image = run.get_metrics()["confusion"]
+    assert image.startswith("images/confusion_") and image in files
+
+    again = run.resubmit()
+    assert again.id != run.id
+    details = again.wait_for_completion()
+    assert details["snapshot_id"] == run.get_details()["snapshot_id"]
+    assert details["properties"]["resubmitted_from"] == run.id
+
+
+def test_interactive_run_with_start_logging(ws):
+    run = Experiment(ws, "notebook").start_logging(display_name="explore")
+    run.log("acc", 0.5)
+    run.log("acc", 0.7)
+    run.tag("where", "notebook")
+    run.complete()
+    fresh = Run.get(ws, run.id)
+    assert fresh.get_status() == "Completed"
+    assert fresh.get_metrics() == {"acc": [0.5, 0.7]}
+    assert fresh.get_tags() == {"where": "notebook"}
+
+
+def test_cli_submit_list_show_download(ws, tmp_path):
+    write_script(tmp_path / "p", "t.py", """
+        import sys
+        from prefect_mltrain import Run
+        Run.get_context().log("arg", sys.argv[1])
+        open("outputs/o.txt", "w").write("cli")
+    """)
+    cli = [sys.executable, "-m", "prefect_mltrain.cli", "--workspace", str(ws.url), "--json"]
+
+    def mltrain(*args):
+        result = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120)
+        return result.returncode, result.stdout, result.stderr
+
+    code, out, err = mltrain("submit", "-e", "cli", "-t", "a=b", str(tmp_path / "p"), "t.py",
+                             "hello")
+    assert code == 0, err
+    details = json.loads(out)
+    assert details["status"] == "Completed" and details["tags"] == {"a": "b"}
+    code, out, _ = mltrain("runs", "list")
+    assert [r["run_id"] for r in json.loads(out)] == [details["run_id"]]
+    code, out, _ = mltrain("runs", "show", details["run_id"])
+    assert json.loads(out)["metrics"] == {"arg": "hello"}
+    code, out, _ = mltrain("download", details["run_id"], "-o", str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / "outputs" / "o.txt").read_text() == "cli"
+    code, _, err = mltrain("runs", "show", "nope")
+    assert code == 2 and "no run 'nope'" in err
