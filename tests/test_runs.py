@@ -378,3 +378,20 @@ def test_cli_submit_list_show_download(ws, tmp_path):
     assert (tmp_path / "dl" / "outputs" / "o.txt").read_text() == "cli"
     code, _, err = mltrain("runs", "show", "nope")
     assert code == 2 and "no run 'nope'" in err
+
+
+def test_cancel_from_prefect_ends_canceled_with_no_process_left(ws, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "ui-cancel").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                             script="slow.py"))
+    _wait_for_file(run, "outputs/pids.txt")
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.get_details()["flow_run_id"], Cancelling(), force=True)
+    details = run.wait_for_completion(timeout=60)
+    assert details["status"] == "Canceled" and details["error"] == "canceled from Prefect"
+    pids = [int(p) for p in run.download_file("outputs/pids.txt", tmp_path).read_text().split()]
+    assert _pids_alive(pids) == []
+    assert _flow_run_state(details["flow_run_id"]) == "CANCELLED"
