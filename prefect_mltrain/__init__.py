@@ -4,7 +4,7 @@ Names are imported lazily so that ``from prefect_mltrain import Run`` inside a t
 script stays fast and never imports Prefect.
 """
 
-from importlib import import_module
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,13 +30,7 @@ _EXPORTS.update({name: "errors" for name in (
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prefect_mltrain' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 def __dir__():

@@ -1,6 +1,6 @@
 """Compute targets: where a run's script executes (local processes, Docker, Dask)."""
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "ComputeTarget": "base",
@@ -12,10 +12,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prefect_mltrain.compute' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
