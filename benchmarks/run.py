@@ -349,8 +349,36 @@ def bench_noop(reps: int) -> dict[str, Any]:
         for key in ("wall", "to_script_start"):
             summary[name][f"{key}_ratio_vs_mlflow"] = ratio(summary[name][key]["median"],
                                                             peer[key]["median"])
+    imports = bench_imports(min(reps, 5), env)
     return {"reps": reps, "server_start_seconds": server_start, "warmup": warmup, "raw": raw,
-            "summary": summary}
+            "summary": summary, "imports": imports}
+
+
+IMPORTS = [  # (label, venv bin, code): what a fresh process pays before doing any work
+    ("ours: `import prefect_mltrain.flows` (the runner process)", VENV_BIN,
+     "import prefect_mltrain.flows"),
+    ("ours: `import prefect`", VENV_BIN, "import prefect"),
+    ("ours: `import prefect_mltrain.cli, .experiment` (the CLI before submit)", VENV_BIN,
+     "import prefect_mltrain.cli, prefect_mltrain.experiment"),
+    ("peer: `import mlflow.projects`", None, "import mlflow.projects"),
+    ("either: `python -c pass` (interpreter start)", VENV_BIN, "pass"),
+]
+
+
+def bench_imports(reps: int, env: dict[str, str]) -> dict[str, Any]:
+    """Diagnostic, not a comparison: import time of a fresh process, interleaved."""
+    raw: dict[str, list[float]] = {label: [] for label, _, _ in IMPORTS}
+    for _ in range(reps):
+        for label, bin_dir, code in IMPORTS:
+            python = str((bin_dir or mlflow_bin()) / "python")
+            p0 = time.perf_counter()
+            out = subprocess.run([python, "-c", code], env=env, capture_output=True,
+                                 timeout=RUN_TIMEOUT)
+            if out.returncode == 0:
+                raw[label].append(time.perf_counter() - p0)
+    log("import times: " + ", ".join(f"{label.split('`')[1]} {statistics.median(v):.2f} s"
+                                      for label, v in raw.items() if v))
+    return {"raw": raw, "summary": {label: summarize(v) for label, v in raw.items()}}
 
 
 # -- benchmark b: snapshot of a 10,000-file tree -------------------------------------------
@@ -543,6 +571,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| client notices the end (ended_at → return) | "
                      f"{_s(s['mltrain_cli']['ended_to_client_exit']['median'])} | "
                      f"{_s(s['mltrain_api']['ended_to_client_exit']['median'])} |")
+        lines += ["", "Import cost of a fresh process (diagnostic; medians, seconds):", "",
+                  "| process | median | min |", "|---|---:|---:|"]
+        for label, st in noop["imports"]["summary"].items():
+            lines.append(f"| {label} | {_s(st['median'])} | {_s(st['min'])} |")
         lines.append("")
     snap = results.get("snapshot")
     if snap:

@@ -23,7 +23,7 @@ from prefect.states import Cancelled, Failed
 from .compute.base import LaunchSpec, resolve_compute_target
 from .config import ScriptRunConfig
 from .environment import Environment, resolve_interpreter, run_context_path
-from .execution import STD_LOG, Outcome, Watchdog, run_folder_sync, run_job, sync_quietly
+from .execution import STD_LOG, Watchdog, run_folder_sync, run_job, sync_quietly
 from .home import mltrain_home
 from .records import TERMINAL, RunStatus, run_dir, set_status
 from .snapshot import restore_snapshot, take_snapshot
@@ -102,9 +102,6 @@ def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
         outcome = run_job(job, sync=sync, std_log=stage / "runs" / run_id / STD_LOG,
                           watchdog=watchdog or Watchdog(ws, experiment, run_id, None),
                           max_seconds=config.get("max_run_duration_seconds"), logger=logger)
-    except BaseException as exc:
-        outcome = Outcome(RunStatus.FAILED, None, f"the runner failed: {exc!r}")
-        raise
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
         if not recorder.finished:
@@ -168,10 +165,9 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
         run_id = exp.create_run(config, tags=tags, take_snapshot=False).id
     recorder = RunRecorder(ws, experiment, run_id)
     flow_run_id = str(runtime.flow_run.id)
-    ui = os.environ.get("PREFECT_UI_URL") or runtime.flow_run.ui_url
-    recorder.update(flow_run_id=flow_run_id,
-                    flow_run_url=runtime.flow_run.ui_url if not ui else
-                    f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}")
+    ui = os.environ.get("PREFECT_UI_URL")
+    recorder.update(flow_run_id=flow_run_id, flow_run_url=(
+        f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else runtime.flow_run.ui_url))
     watchdog = Watchdog(ws, experiment, run_id, flow_run_id)
     watchdog.start()
     outcome: dict[str, Any] = {}

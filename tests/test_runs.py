@@ -395,3 +395,27 @@ def test_cancel_from_prefect_ends_canceled_with_no_process_left(ws, tmp_path):
     pids = [int(p) for p in run.download_file("outputs/pids.txt", tmp_path).read_text().split()]
     assert _pids_alive(pids) == []
     assert _flow_run_state(details["flow_run_id"]) == "CANCELLED"
+
+
+def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path):
+    from prefect import flow
+
+    from prefect_mltrain import submit_run
+
+    write_script(tmp_path / "p", "t.py", """
+        from prefect_mltrain import Run
+        Run.get_context().log("score", 0.8)
+    """)
+
+    @flow
+    def pipeline():
+        config = ScriptRunConfig(source_directory=tmp_path / "p", script="t.py")
+        details = submit_run(experiment="pipe", config=config, workspace=str(ws.url),
+                             tags={"stage": "train"})
+        return Run.get(ws, details["run_id"]).get_metrics()["score"]
+
+    assert pipeline() == 0.8
+    [run] = Experiment(ws, "pipe").get_runs()
+    details = run.get_details()
+    assert details["status"] == "Completed" and details["tags"] == {"stage": "train"}
+    assert ws.exists(f"snapshots/{details['snapshot_id']}.json")
