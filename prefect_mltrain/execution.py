@@ -80,8 +80,13 @@ class Watchdog(threading.Thread):
 
 
 def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
-            max_seconds: int | None, logger: logging.Logger, grace: float = 10.0) -> Outcome:
-    """Drive ``job`` to its end; the final sync is the caller's (it must run after any end)."""
+            max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
+            secrets: list[str] = ()) -> Outcome:
+    """Drive ``job`` to its end; the final sync is the caller's (it must run after any end).
+
+    Values of ``secrets`` are masked in every output line before it is stored or logged.
+    """
+    secrets = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
     interval = sync.ws.settings.sync_interval_seconds
     std_log.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -92,6 +97,8 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
     with open(std_log, "a", buffering=1) as out:
         def emit(lines: list[str]) -> None:
             for line in lines:
+                for value in secrets:
+                    line = line.replace(value, "[secret]")
                 out.write(line + "\n")
                 tail.append(line)
                 logger.info(line)

@@ -101,7 +101,9 @@ def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
         recorder.update(RunStatus.RUNNING)
         outcome = run_job(job, sync=sync, std_log=stage / "runs" / run_id / STD_LOG,
                           watchdog=watchdog or Watchdog(ws, experiment, run_id, None),
-                          max_seconds=config.get("max_run_duration_seconds"), logger=logger)
+                          max_seconds=config.get("max_run_duration_seconds"), logger=logger,
+                          secrets=list(json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}")
+                                       .values()))
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
         if not recorder.finished:

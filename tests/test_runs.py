@@ -233,6 +233,7 @@ def test_secret_variables_reach_the_script_but_no_record_or_log(ws, tmp_path):
         value = os.environ["API_TOKEN"]
         open("outputs/len.txt", "w").write(str(len(value)))
         print("plain", os.environ["PLAIN"])
+        print("careless print of", value)
     """)
     env = Environment("secretive", environment_variables={"PLAIN": "visible"})
     env.secret_environment_variables = {"API_TOKEN": "s3cr3t-t0ken-value"}
@@ -243,7 +244,7 @@ def test_secret_variables_reach_the_script_but_no_record_or_log(ws, tmp_path):
     stored = "".join(ws.read_bytes(f"{run._dir}/{name}").decode()
                      for name in ws.find(run._dir))
     assert "s3cr3t-t0ken-value" not in stored
-    assert "plain visible" in stored
+    assert "plain visible" in stored and "careless print of [secret]" in stored
     assert details["config"]["environment"]["secret_environment_variables"] == ["API_TOKEN"]
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
