@@ -104,6 +104,20 @@ def tail(text: str | bytes | None, n: int = 2000) -> str:
     return (text or "")[-n:]
 
 
+def checkout_info() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether the library had local edits."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True,
+                                 text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "library_dirty": bool(git("status", "--porcelain", "--", "prefect_mltrain"))}
+
+
 def machine_info() -> dict[str, Any]:
     try:
         load = os.getloadavg()
@@ -267,8 +281,12 @@ def bench_noop(reps: int) -> dict[str, Any]:
             p0 = time.perf_counter()
             run = Experiment(ws, "api").submit(
                 ScriptRunConfig(source_directory=str(proj), script="noop.py"))
-            details = run.wait_for_completion(poll_interval=0.1, timeout=RUN_TIMEOUT,
-                                              raise_on_error=False)
+            try:
+                details = run.wait_for_completion(poll_interval=0.1, timeout=RUN_TIMEOUT,
+                                                  raise_on_error=False)
+            except TimeoutError:
+                run.cancel()  # do not leave it running behind the next reps
+                raise
             wall = time.perf_counter() - p0
             t_end = time.time()
         finally:
@@ -411,12 +429,15 @@ def bench_snapshot(n_files: int, reps: int, cold_reps: int, change_reps: int) ->
 
     root = WORK / "snapshot"
     shutil.rmtree(root, ignore_errors=True)
-    tree, ws_dir, copy_dst = root / "tree", root / "ws", root / "copy"
+    tree = root / "tree"
     t = time.perf_counter()
     make_tree(tree, n_files)
     log(f"generated {n_files} files in {time.perf_counter() - t:.1f} s")
     stat_cache = SERVER_HOME / "cache" / "snapshot-stat"  # the machine-local stat cache
     budget = {"max_files": 2 * n_files}
+    # Write-heavy steps get fresh folders and nothing is deleted until the end: on this VM's
+    # disk (ext4 mounted with `discard`) a mass delete slows the writes of the next seconds.
+    ws_dir = root / "ws-0"
 
     def snap(label: str) -> dict[str, Any]:
         ws = Workspace(str(ws_dir))
@@ -429,10 +450,10 @@ def bench_snapshot(n_files: int, reps: int, cold_reps: int, change_reps: int) ->
         log(f"{label}: {wall:.3f} s hashed={res.hashed_files} uploaded={res.uploaded_files}")
         return rec
 
-    def copytree() -> float:
-        shutil.rmtree(copy_dst, ignore_errors=True)
+    def copytree(dst: Path) -> float:
+        os.sync()  # start with no dirty pages from the step before, like the cold snapshot
         p0 = time.perf_counter()
-        shutil.copytree(tree, copy_dst)
+        shutil.copytree(tree, dst)
         return time.perf_counter() - p0
 
     def walk() -> float:
@@ -445,12 +466,14 @@ def bench_snapshot(n_files: int, reps: int, cold_reps: int, change_reps: int) ->
 
     raw: dict[str, list[Any]] = {"cold": [], "copytree": [], "rehash_no_upload": [],
                                  "unchanged": [], "stat_walk": [], "one_changed": []}
+    log(f"untimed warm-up copy: {copytree(root / 'copy-warmup'):.3f} s")
     # Cold: empty workspace and no stat cache, so every file is hashed and uploaded.
     for i in range(cold_reps):
-        shutil.rmtree(ws_dir, ignore_errors=True)
+        ws_dir = root / f"ws-{i}"
         shutil.rmtree(stat_cache, ignore_errors=True)
+        os.sync()
         raw["cold"].append(snap(f"cold {i + 1}/{cold_reps}"))
-        raw["copytree"].append(copytree())
+        raw["copytree"].append(copytree(root / f"copy-{i}"))
         log(f"copytree {i + 1}/{cold_reps}: {raw['copytree'][-1]:.3f} s")
     # The stat cache lost (a new machine, same workspace): hash everything, upload nothing.
     for i in range(cold_reps):
@@ -471,7 +494,7 @@ def bench_snapshot(n_files: int, reps: int, cold_reps: int, change_reps: int) ->
         with open(victim, "a") as f:
             f.write(f"# edit {i} {time.time()}\n")
         raw["one_changed"].append(snap(f"one file changed {i + 1}/{change_reps}"))
-    shutil.rmtree(copy_dst, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)  # ~100,000 files; nothing is timed after this
 
     def walls(key: str) -> list[float]:
         return [r["wall"] if isinstance(r, dict) else r for r in raw[key]]
@@ -536,11 +559,19 @@ def _x(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+def _load(load: list[float] | tuple[float, ...] | None) -> str:
+    return "–" if not load else "/".join(f"{x:.1f}" for x in load)
+
+
 def report(results: dict[str, Any]) -> str:
     lines = [f"prefect-mltrain benchmarks, {results['date']} ({results['mode']} mode); "
              f"{results['machine']['nproc']} cores, Python {results['machine']['python']}, "
+             f"commit {(results['versions'].get('commit') or '?')[:9]}"
+             f"{' + local edits' if results['versions'].get('library_dirty') else ''}, "
              f"prefect {results['versions'].get('prefect')}, "
-             f"mlflow {results['versions'].get('mlflow')}", ""]
+             f"mlflow {results['versions'].get('mlflow')}; load average "
+             f"{_load(results['machine'].get('loadavg_at_start'))} at start, "
+             f"{_load(results['machine'].get('loadavg_at_end'))} at end", ""]
     noop = results.get("noop")
     if noop:
         s = noop["summary"]
@@ -637,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "machine": machine_info(),
-        "versions": {"prefect": prefect.__version__},
+        "versions": {"prefect": prefect.__version__, **checkout_info()},
     }
     noop_reps = 3 if args.quick else 7
     snap_reps, cold_reps, change_reps = (3, 1, 2) if args.quick else (5, 3, 3)

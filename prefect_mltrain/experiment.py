@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import warnings
 from typing import Any
 
+from . import warm
 from .config import ScriptRunConfig
 from .errors import ConfigurationError
 from .home import mltrain_home
@@ -103,16 +105,18 @@ class Experiment:
         scratch = mltrain_home() / "runs" / run.id
         scratch.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **prefect_env(), **ws.to_env(),
-               "MLTRAIN_SECRETS": json.dumps(secrets), "PREFECT_LOGGING_LEVEL": "WARNING"}
-        with open(mltrain_home() / "runs" / f"{run.id}.runner.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect_mltrain.runner", self.name, run.id],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=scratch,
-            )
-        import socket
+               "MLTRAIN_SECRETS": json.dumps(secrets)}
+        log = mltrain_home() / "runs" / f"{run.id}.runner.log"
+        pid = warm.start_run(self.name, run.id, env, cwd=scratch, log=log)
+        if pid is None:  # no warm runner could be had: start a runner from scratch
+            with open(log, "ab") as out:
+                pid = subprocess.Popen(
+                    [sys.executable, "-m", "prefect_mltrain.runner", self.name, run.id],
+                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd=scratch,
+                ).pid
         ws.write_json(f"{folder}/heartbeat.json",
-                      {"time": time.time(), "host": socket.gethostname(), "pid": proc.pid})
+                      {"time": time.time(), "host": socket.gethostname(), "pid": pid})
         return run
 
     # -- reading ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelled, Failed
 
 from .compute.base import LaunchSpec, resolve_compute_target
@@ -202,6 +203,7 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
         collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]})
     except Exception as exc:  # artifacts are a view; the run's result stands without them
         get_run_logger().warning("could not publish artifacts: %s", exc)
+    APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
     recorder.update(RunStatus(outcome["status"]), **final)
     details = recorder.record
     if details["status"] == RunStatus.CANCELED.value:

@@ -1,15 +1,16 @@
 """Background runner: ``python -m prefect_mltrain.runner EXPERIMENT RUN_ID``.
 
-Started by ``Experiment.submit``; runs the ``submit_run`` flow for one prepared run.
-Secrets arrive in ``MLTRAIN_SECRETS`` (this process's environment only) and go to the
-script's process, never to Prefect parameters.
+Started by ``Experiment.submit`` (forked from a warm runner when one is up, see
+``warm.py``); runs the ``submit_run`` flow for one prepared run. Secrets arrive in
+``MLTRAIN_SECRETS`` (this process's environment only) and go to the script's process,
+never to Prefect parameters.
 """
 
+import os
 import sys
 
 
-def main() -> None:
-    experiment, run_id = sys.argv[1], sys.argv[2]
+def run(experiment: str, run_id: str) -> None:
     from .flows import open_workspace, submit_run
 
     ws = open_workspace(None)
@@ -17,4 +18,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        run(sys.argv[1], sys.argv[2])
+    finally:
+        from . import warm
+
+        warm.ensure_running(dict(os.environ))

@@ -115,7 +115,10 @@ def ensure_server() -> dict:
 
 
 def stop_server() -> bool:
-    """Stop the embedded server; returns whether one was running."""
+    """Stop the embedded server and the warm runners; returns whether a server was running."""
+    from .warm import stop_all
+
+    stop_all()
     info = running_server()
     if not info:
         return False

@@ -36,7 +36,7 @@ def prefect_server(mltrain_home):
     os.environ["PREFECT_UI_URL"] = info["ui_url"]
     yield info
     os.environ.pop("PREFECT_API_URL", None)
-    server.stop_server()
+    server.stop_server()  # and the warm runners
 
 
 @pytest.fixture

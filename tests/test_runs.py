@@ -64,6 +64,16 @@ def _flow_run_state(flow_run_id):
         return client.read_flow_run(flow_run_id).state.type.value
 
 
+def _flow_run_logs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
 def test_submit_completes_with_metrics_outputs_and_details(ws, tmp_path, capsys):
     proj = tmp_path / "proj"
     write_script(proj, "train.py", TRAIN)
@@ -85,6 +95,7 @@ def test_submit_completes_with_metrics_outputs_and_details(ws, tmp_path, capsys)
     assert details["flow_run_url"].endswith(details["flow_run_id"])
     assert details["tags"] == {"kind": "ridge", "framework": "stdlib"}
     assert _flow_run_state(details["flow_run_id"]) == "COMPLETED"
+    assert "training done" in _flow_run_logs(details["flow_run_id"])
 
     metrics = run.get_metrics()
     assert metrics["mse"] == pytest.approx([3.2, 1.6, 3.2 / 3])

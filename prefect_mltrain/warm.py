@@ -1,0 +1,183 @@
+"""Warm runners: one process that imported Prefect once forks a runner per run.
+
+A runner started from scratch pays ~2.5 s (interpreter start, Prefect import) before its
+flow run begins; forking a process that has imported everything costs milliseconds. A warm
+runner is keyed by interpreter, Prefect API URL and the installed package files, listens
+on a unix socket under ``$MLTRAIN_HOME/warm`` and exits after 30 idle minutes. When none
+answers, the submit starts a runner from scratch, which starts a warm runner for the next
+submit once its own run is over (so the two never compete for the CPU).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from .home import mltrain_home
+
+IDLE_SECONDS = 1800
+CONNECT_TIMEOUT_SECONDS = 10
+_PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
+
+
+def _folder() -> Path:
+    folder = mltrain_home() / "warm"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def _fingerprint() -> list[int]:
+    package = Path(__file__).parent
+    return sorted(p.stat().st_mtime_ns for p in package.rglob("*.py"))
+
+
+def socket_path(env: dict[str, str]) -> Path | None:
+    key = json.dumps([sys.executable, env.get("PREFECT_API_URL", ""), _fingerprint()])
+    path = _folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
+    return path if len(str(path)) < 100 else None  # AF_UNIX paths are short
+
+
+def start_run(experiment: str, run_id: str, env: dict[str, str], cwd: Path,
+              log: Path) -> int | None:
+    """Hand a prepared run to a warm runner; its pid, or None to start one cold."""
+    path = socket_path(env)
+    if path is None:
+        return None
+    request = json.dumps({"experiment": experiment, "run_id": run_id, "env": env,
+                          "cwd": str(cwd), "log": str(log)}).encode() + b"\n"
+    return _request(path, request)
+
+
+def ensure_running(env: dict[str, str]) -> None:
+    """Start a warm runner for ``env`` unless one runs (called when a cold runner ends)."""
+    path = socket_path(env)
+    if path is not None and not _alive(path):
+        _spawn_server(path, env)
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def _request(path: Path, request: bytes, timeout: float = CONNECT_TIMEOUT_SECONDS) -> int | None:
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(path))
+            conn.sendall(request)
+            return int(json.loads(conn.makefile().readline())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _spawn_server(path: Path, env: dict[str, str]) -> None:
+    server_env = {k: v for k, v in env.items() if k not in _PRIVATE}
+    with open(path.with_suffix(".log"), "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "prefect_mltrain.warm", str(path)],
+                         env=server_env, cwd=_folder(), stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_all() -> int:
+    """Stop every warm runner of this MLTRAIN_HOME; returns how many were stopped."""
+    stopped = 0
+    for pid_file in _folder().glob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            stopped += 1
+        except (OSError, ValueError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _listen(path: Path) -> socket.socket | None:
+    """Bind the socket unless another warm runner already serves it."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _alive(path):
+            return None  # let it serve
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        path.with_suffix(".pid").write_text(str(os.getpid()))
+        return listener
+
+
+def serve(path: Path) -> None:
+    """Accept runs until idle; fork a runner for each (clients queue while we import)."""
+    listener = _listen(path)
+    if listener is None:
+        return
+    from . import flows  # noqa: F401 - the expensive import (Prefect), paid once
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runners
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    listener.settimeout(IDLE_SECONDS)
+    inode = path.stat().st_ino
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            break
+        line = conn.makefile().readline()
+        if not line:
+            conn.close()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            _run_child(conn, json.loads(line))  # never returns
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        conn.close()
+    listener.close()
+    if path.exists() and path.stat().st_ino == inode:
+        path.unlink()
+        path.with_suffix(".pid").unlink(missing_ok=True)
+
+
+def _run_child(conn: socket.socket, request: dict) -> None:
+    """In the forked runner: become the run's own process, run the flow, exit normally.
+
+    Exiting through ``SystemExit`` (not ``os._exit``) lets Prefect drain its log and
+    event queues at interpreter shutdown.
+    """
+    conn.close()
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    code = 0
+    try:
+        from .runner import run
+        run(request["experiment"], request["run_id"])
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]))
