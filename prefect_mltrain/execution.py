@@ -23,7 +23,6 @@ from .sync import FolderSync
 from .workspace import Workspace
 
 LOG_TAIL_LINES = 50
-STD_LOG = "logs/std_log.txt"
 
 
 @dataclass

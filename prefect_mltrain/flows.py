@@ -24,9 +24,9 @@ from prefect.states import Cancelled, Failed
 from .compute.base import LaunchSpec, resolve_compute_target
 from .config import ScriptRunConfig
 from .environment import Environment, resolve_interpreter, run_context_path
-from .execution import STD_LOG, Watchdog, run_folder_sync, run_job, sync_quietly
+from .execution import Watchdog, run_folder_sync, run_job, sync_quietly
 from .home import mltrain_home
-from .records import TERMINAL, RunStatus, run_dir, set_status
+from .records import STD_LOG, TERMINAL, RunStatus, run_dir, set_status
 from .snapshot import restore_snapshot, take_snapshot
 from .workspace import Workspace
 

@@ -28,6 +28,8 @@ class RunStatus(StrEnum):
 
 TERMINAL = {RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELED.value}
 
+STD_LOG = "logs/std_log.txt"  # the script's merged stdout and stderr
+
 # Files the runner owns in a run folder; user uploads may not replace them.
 RESERVED_NAMES = {"run.json", "tags.json", "heartbeat.json", "cancel.json", "events"}
 

@@ -453,7 +453,7 @@ class Run:
             self._ws.write_json(f"{self._dir}/run.json", record)
 
     def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
-                            poll_interval: float = 0.5, timeout: float | None = None
+                            poll_interval: float = 0.25, timeout: float | None = None
                             ) -> dict[str, Any]:
         """Block until the run ends; with ``show_output`` stream its output as it comes."""
         from .watch import follow_run

@@ -6,8 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .execution import STD_LOG
-from .records import TERMINAL
+from .records import STD_LOG, TERMINAL
 
 if TYPE_CHECKING:
     from .run import Run
@@ -37,7 +36,7 @@ class LogFollower:
         return [line.decode(errors="replace") for line in lines]
 
 
-def follow_run(run: Run, show_output: bool = False, poll_interval: float = 0.5,
+def follow_run(run: Run, show_output: bool = False, poll_interval: float = 0.25,
                timeout: float | None = None, out: TextIO | None = None) -> dict[str, Any]:
     """Wait for ``run`` to end; print its output lines as they come when ``show_output``."""
     out = out or sys.stdout
