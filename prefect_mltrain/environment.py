@@ -1,24 +1,62 @@
-"""The Python environment a run's script executes in.
+"""The Python environment a run's script executes in: declared, hashed, registered.
 
 An ``Environment`` declares an interpreter (user-managed) or the packages to install, the
-Docker image to use, and environment variables. Secret variables reach the script's
-process only: they are never written to the run record, Prefect parameters or logs.
+Docker image to start from, and environment variables. Its *content hash* ignores the
+name, the version and the order of packages, so equal specs share one build. Secret
+variables reach the script's process only: never the run record, Prefect or the logs.
+Building lives in ``environment_build.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .errors import EnvironmentBuildError
+from .errors import EnvironmentBuildError, MLTrainError
 from .home import cache_dir
+
+if TYPE_CHECKING:
+    from .environment_build import BuiltEnvironment
+    from .workspace import Workspace
+
+CURATED_DIR = Path(__file__).parent / "curated"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CondaDependencies(_Model):
+    """Packages to install: pip requirements, and conda packages with their channels."""
+
+    channels: list[str] = Field(default_factory=list, description="Conda channels, in order.")
+    conda_packages: list[str] = Field(default_factory=list, description="Conda packages.")
+    pip_packages: list[str] = Field(default_factory=list, description="pip requirements.")
+    pip_options: list[str] = Field(
+        default_factory=list, description="pip options, e.g. '--extra-index-url URL'."
+    )
+
+    @classmethod
+    def create(cls, pip_packages: list[str] | None = None,
+               conda_packages: list[str] | None = None,
+               channels: list[str] | None = None) -> CondaDependencies:
+        return cls(pip_packages=list(pip_packages or []),
+                   conda_packages=list(conda_packages or []), channels=list(channels or []))
+
+    def add_pip_package(self, requirement: str) -> None:
+        self.pip_packages = [*self.pip_packages, requirement]
+
+    def add_conda_package(self, package: str) -> None:
+        self.conda_packages = [*self.conda_packages, package]
+
+    def add_channel(self, channel: str) -> None:
+        self.channels = [*self.channels, channel]
 
 
 class PythonSection(_Model):
@@ -30,7 +68,10 @@ class PythonSection(_Model):
     interpreter_path: str | None = Field(
         None, description="Interpreter of a user-managed environment (default: this Python)."
     )
-    pip_packages: list[str] = Field(default_factory=list, description="pip requirements.")
+    python_version: str | None = Field(
+        None, description="Python version of a built environment, e.g. '3.11'."
+    )
+    conda_dependencies: CondaDependencies = Field(default_factory=CondaDependencies)
 
 
 class DockerSection(_Model):
@@ -38,6 +79,7 @@ class DockerSection(_Model):
 
     base_image: str | None = Field(None, description="Image the environment is built on.")
     base_dockerfile: str | None = Field(None, description="Dockerfile text used instead.")
+    build_args: dict[str, str] = Field(default_factory=dict, description="Docker build args.")
 
 
 class Environment(_Model):
@@ -45,10 +87,10 @@ class Environment(_Model):
 
     Example:
         ```python
-        env = Environment("user-managed-env")
-        env.python.user_managed_dependencies = True
+        env = Environment.from_pip_requirements("sk", "requirements.txt")
         env.environment_variables = {"OMP_NUM_THREADS": "1"}
         env.secret_environment_variables = {"WANDB_API_KEY": "..."}
+        env.register(ws)
         ```
     """
 
@@ -66,11 +108,75 @@ class Environment(_Model):
     def __init__(self, name: str = "default", /, **data: Any):
         super().__init__(name=data.pop("name", name), **data)
 
+    # -- constructors -----------------------------------------------------------------------
+
+    @classmethod
+    def from_pip_requirements(cls, name: str, file_path: str | Path) -> Environment:
+        """An environment with the packages of a pip requirements file (``-r`` followed)."""
+        packages, options = _read_requirements(Path(file_path))
+        env = cls(name)
+        env.python.conda_dependencies = CondaDependencies(pip_packages=packages,
+                                                          pip_options=options)
+        return env
+
+    @classmethod
+    def from_conda_specification(cls, name: str, file_path: str | Path) -> Environment:
+        """An environment from a conda ``environment.yml``; its ``pip:`` section is honoured."""
+        import yaml
+
+        try:
+            spec = yaml.safe_load(Path(file_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise MLTrainError(f"cannot read conda specification {file_path}: {exc}") from exc
+        env = cls(name)
+        deps = CondaDependencies(channels=list(spec.get("channels") or []))
+        for item in spec.get("dependencies") or []:
+            if isinstance(item, dict):
+                for line in item.get("pip") or []:
+                    (deps.pip_options if str(line).startswith("-") else deps.pip_packages
+                     ).append(str(line))
+            elif (match := re.fullmatch(r"python\s*=?=\s*([\d.*]+)", str(item).strip())):
+                env.python.python_version = match.group(1).rstrip(".*")
+            elif str(item).strip() not in ("pip", "python"):
+                deps.conda_packages.append(str(item).strip())
+        env.python.conda_dependencies = deps
+        return env
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def spec_hash(self) -> str:
+        """Content hash of what gets built: name, version, order and variables excluded."""
+        deps = self.python.conda_dependencies
+        content = {
+            "user_managed": self.python.user_managed_dependencies,
+            "interpreter": self.python.interpreter_path if self.python.user_managed_dependencies
+            else None,
+            "python": self.python.python_version,
+            "channels": deps.channels,
+            "conda": sorted(_normalize(p) for p in deps.conda_packages),
+            "pip": sorted(_normalize(p) for p in deps.pip_packages),
+            "pip_options": deps.pip_options,
+            "docker": self.docker.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def needs_build(self) -> bool:
+        return not self.python.user_managed_dependencies
+
+    # -- records and files ------------------------------------------------------------------
+
     def record(self) -> dict[str, Any]:
-        """The JSON form kept with a run: secret names only, never their values."""
+        """The JSON form kept with a run or registered: secret names only, never values."""
         data = self.model_dump(mode="json", exclude={"secret_environment_variables"})
         data["secret_environment_variables"] = sorted(self.secret_environment_variables)
         return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Environment:
+        """Rebuild from ``record()`` (secret values are not in it, so none come back)."""
+        data = {k: v for k, v in data.items() if k != "secret_environment_variables"}
+        return cls.model_validate(data)
 
     def secrets(self) -> dict[str, str]:
         return {k: v.get_secret_value() for k, v in self.secret_environment_variables.items()}
@@ -79,26 +185,136 @@ class Environment(_Model):
         """Variables to add to the script's process environment."""
         return {**self.environment_variables, **self.secrets()}
 
+    def save_to_directory(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``environment.json`` (and ``requirements.txt``) to ``path``."""
+        folder = Path(path)
+        target = folder / "environment.json"
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists: pass overwrite=True to replace it")
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.record(), indent=1))
+        deps = self.python.conda_dependencies
+        if deps.pip_packages or deps.pip_options:
+            (folder / "requirements.txt").write_text(
+                "\n".join([*deps.pip_options, *deps.pip_packages]) + "\n")
+        return folder
+
+    @classmethod
+    def load_from_directory(cls, path: str | Path) -> Environment:
+        return cls.from_record(json.loads((Path(path) / "environment.json").read_text()))
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def register(self, workspace: Workspace) -> Environment:
+        """Store this spec as the next version of its name (unchanged specs keep theirs)."""
+        versions = _versions(workspace, self.name)
+        if versions:
+            latest = Environment.get(workspace, self.name, str(versions[-1]))
+            if latest.spec_hash() == self.spec_hash() and latest.environment_variables == \
+                    self.environment_variables:
+                self.version = latest.version
+                return self
+        self.version = str((versions[-1] if versions else 0) + 1)
+        workspace.write_json(f"environments/{self.name}/{self.version}.json", self.record())
+        return self
+
+    @classmethod
+    def get(cls, workspace: Workspace | None, name: str, version: str | int | None = None
+            ) -> Environment:
+        """A registered environment (latest version by default), or a curated one by name."""
+        curated = CURATED_DIR / f"{name}.json"
+        if curated.is_file() and version is None:
+            return cls.from_record(json.loads(curated.read_text()))
+        versions = _versions(workspace, name) if workspace is not None else []
+        wanted = int(version) if version is not None else (versions[-1] if versions else None)
+        if wanted not in versions:
+            known = ", ".join(sorted(cls.list(workspace))) if workspace is not None else ""
+            raise MLTrainError(
+                f"no environment {name!r}" + (f" version {version}" if version else "")
+                + f"; known: {known or 'none'}. Register it with env.register(ws)"
+            )
+        return cls.from_record(workspace.read_json(f"environments/{name}/{wanted}.json"))
+
+    @classmethod
+    def list(cls, workspace: Workspace | None = None) -> dict[str, Environment]:
+        """Curated and registered environments by name (latest versions)."""
+        out = {p.stem: cls.get(None, p.stem) for p in sorted(CURATED_DIR.glob("*.json"))}
+        if workspace is not None:
+            for name in workspace.list_dir("environments"):
+                if _versions(workspace, name):
+                    out[name] = cls.get(workspace, name)
+        return out
+
+    def build_local(self, workspace: Workspace | None = None, use_docker: bool = False
+                    ) -> BuiltEnvironment:
+        """Build (or find in the cache) this environment on this machine."""
+        if use_docker:
+            raise EnvironmentBuildError(
+                "image builds arrive with the Docker compute target; build a virtualenv "
+                "with use_docker=False"
+            )
+        from .environment_build import build_environment
+
+        return build_environment(self)
+
+
+def _versions(workspace: Workspace, name: str) -> list[int]:
+    names = workspace.list_dir(f"environments/{name}")
+    return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+
+def _normalize(requirement: str) -> str:
+    """``Scikit_Learn >= 1.0`` and ``scikit-learn>=1.0`` are one requirement."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        req = Requirement(requirement)
+    except InvalidRequirement:
+        return " ".join(requirement.split())
+    req.name = canonicalize_name(req.name)
+    return str(req)
+
+
+def _read_requirements(path: Path, seen: set[Path] | None = None) -> tuple[list[str], list[str]]:
+    seen = seen or set()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise MLTrainError(f"cannot read requirements file {path}: {exc}") from exc
+    seen.add(path.resolve())
+    packages: list[str] = []
+    options: list[str] = []
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-r ", "--requirement ")):
+            nested = (path.parent / line.split(None, 1)[1]).resolve()
+            if nested not in seen:
+                more, more_options = _read_requirements(nested, seen)
+                packages += more
+                options += more_options
+        elif line.startswith("-"):
+            options.append(line)
+        else:
+            packages.append(line)
+    return packages, options
+
 
 def resolve_interpreter(env: Environment | None) -> str:
-    """The interpreter that runs the script (no environment given: the default one).
+    """The interpreter of a user-managed environment, or of the default environment.
 
-    The default environment is the interpreter that runs prefect-mltrain itself, so a
-    script sees exactly the packages installed next to it.
+    The default environment (no ``environment`` given) is the interpreter that runs
+    prefect-mltrain, so a script sees exactly the packages installed next to it.
     """
-    if env is None or env.python.user_managed_dependencies or not env.python.pip_packages:
-        python = (env.python.interpreter_path if env else None) or sys.executable
-        if not Path(python).exists():
-            raise EnvironmentBuildError(
-                f"interpreter {python!r} of environment {env.name!r} does not exist: fix "
-                "python.interpreter_path or leave it empty to use this Python"
-            )
-        return python
-    raise EnvironmentBuildError(
-        f"environment {env.name!r} asks for packages {env.python.pip_packages}, but this "
-        "version runs user-managed environments only: install them into an interpreter and "
-        "set python.user_managed_dependencies = True with python.interpreter_path"
-    )
+    python = (env.python.interpreter_path if env else None) or sys.executable
+    if not Path(python).exists():
+        raise EnvironmentBuildError(
+            f"interpreter {python!r} of environment {env.name!r} does not exist: fix "
+            "python.interpreter_path or leave it empty to use this Python"
+        )
+    return python
 
 
 def run_context_path() -> str:

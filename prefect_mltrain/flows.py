@@ -23,7 +23,8 @@ from prefect.states import Cancelled, Failed
 
 from .compute.base import LaunchSpec, resolve_compute_target
 from .config import ScriptRunConfig
-from .environment import Environment, resolve_interpreter, run_context_path
+from .environment import Environment, run_context_path
+from .environment_build import build_environment as build_local_environment
 from .execution import Watchdog, run_folder_sync, run_job, sync_quietly
 from .home import mltrain_home
 from .records import STD_LOG, TERMINAL, RunStatus, run_dir, set_status
@@ -67,10 +68,27 @@ def snapshot(workspace: str, source_directory: str) -> str:
 
 
 @task(name="build_environment", cache_policy=NO_CACHE)
-def build_environment(environment: dict[str, Any] | None) -> dict[str, Any]:
-    """Resolve (and, when needed, build) the environment; returns its interpreter."""
-    env = Environment.model_validate(environment) if environment else None
-    return {"interpreter": resolve_interpreter(env), "name": env.name if env else "default"}
+def build_environment(environment: dict[str, Any] | None, workspace: str | None = None,
+                      run_dir_rel: str | None = None) -> dict[str, Any]:
+    """Resolve and build the environment (or find it built); returns its interpreter.
+
+    The build output goes to the Prefect log and, with ``run_dir_rel``, to the run's
+    ``logs/environment_build.log`` — also when the build fails.
+    """
+    env = Environment.from_record(environment) if environment else None
+    logger, lines = get_run_logger(), []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        logger.info(line)
+
+    try:
+        built = build_local_environment(env, on_line=on_line)
+    finally:
+        if run_dir_rel and lines:
+            open_workspace(workspace).write_bytes(f"{run_dir_rel}/logs/environment_build.log",
+                                                  ("\n".join(lines) + "\n").encode())
+    return {**built.record(), "name": env.name if env else "default"}
 
 
 @task(name="execute", cache_policy=NO_CACHE)
@@ -184,10 +202,8 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
             record = recorder.record
             if not record.get("snapshot_id"):
                 recorder.update(snapshot_id=snapshot(ws.url, record["config"]["source_directory"]))
-            env_record = record["config"].get("environment")
-            if env_record:
-                env_record = {**env_record, "secret_environment_variables": {}}
-            built = build_environment(env_record)
+            built = build_environment(record["config"].get("environment"), ws.url,
+                                      run_dir(experiment, run_id))
             recorder.update(RunStatus.STARTING, environment_build=built)
             phase = "Running"
             outcome = execute(ws.url, experiment, run_id, built["interpreter"], watchdog)
@@ -235,7 +251,7 @@ def _script_env(ws: Workspace, experiment: str, run_id: str, stage: Path, interp
     env.update(ws.to_env())
     env.update({"MLTRAIN_RUN_ID": run_id, "MLTRAIN_EXPERIMENT": experiment,
                 "MLTRAIN_CONTEXT_DIR": str(stage), "PYTHONUNBUFFERED": "1"})
-    if Path(interpreter).resolve() != Path(sys.executable).resolve():
+    if os.path.abspath(interpreter) != os.path.abspath(sys.executable):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
                                                           env.get("PYTHONPATH")]))
     return env

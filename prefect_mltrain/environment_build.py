@@ -1,0 +1,268 @@
+"""Building environments on this machine: resolve once, build once per lock, reuse.
+
+1. *Resolve*: the spec's requirements go through ``uv pip compile``; the pinned result
+   (the lock) is kept per spec hash, so an unpinned spec is frozen once and every later
+   run gets the same versions. The lock is recorded with each run.
+2. *Build*: one virtualenv per lock hash under ``$MLTRAIN_HOME/cache/envs``, made by
+   ``uv venv`` + ``uv pip install`` under a file lock, so concurrent runs needing the same
+   environment build it once. A finished build carries a marker; a cache hit is one stat.
+
+uv ignores pip's configuration, so the host's (``pip config list``: index URLs,
+find-links, constraints, CA bundle) is carried over — users behind private indexes and
+proxies need exactly that. Without uv, ``venv`` + ``pip`` do the same more slowly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .environment import Environment, resolve_interpreter
+from .errors import EnvironmentBuildError
+from .home import cache_dir
+
+COMPLETE_MARKER = ".mltrain-complete"
+RESOLVE_TIMEOUT_SECONDS = 600
+INSTALL_TIMEOUT_SECONDS = 3600
+
+
+@dataclass
+class BuiltEnvironment:
+    """A ready environment: its interpreter, and how it came to be."""
+
+    interpreter: str
+    spec_hash: str | None = None
+    lock_hash: str | None = None
+    lock: str = ""
+    cached: bool = True
+    build_seconds: float = 0.0
+    miss_reason: str | None = None
+    log: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"interpreter": self.interpreter, "spec_hash": self.spec_hash,
+                "lock_hash": self.lock_hash, "cached": self.cached,
+                "build_seconds": round(self.build_seconds, 3), "miss_reason": self.miss_reason,
+                "lock": self.lock}
+
+
+def build_environment(env: Environment | None,
+                      on_line: Callable[[str], None] | None = None) -> BuiltEnvironment:
+    """Resolve and build ``env`` (or find it built); ``on_line`` receives build output."""
+    if env is None or not env.needs_build:
+        return BuiltEnvironment(interpreter=resolve_interpreter(env))
+    deps = env.python.conda_dependencies
+    if deps.conda_packages:
+        _require_conda(deps.conda_packages)
+    log: list[str] = []
+
+    def say(line: str) -> None:
+        log.append(line)
+        if on_line:
+            on_line(line)
+
+    started = time.monotonic()
+    base_python = _base_python(env.python.python_version)
+    spec_hash = env.spec_hash()
+    lock = _resolve(env, spec_hash, base_python, say)
+    lock_hash = hashlib.sha256(f"{_python_identity(base_python)}\n{lock}".encode()).hexdigest()
+    venv = cache_dir("envs") / lock_hash[:24]
+    python = venv / "bin" / "python"
+    if (venv / COMPLETE_MARKER).exists():
+        say(f"environment {env.name}: cache hit ({lock_hash[:12]})")
+        return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, True,
+                                time.monotonic() - started, None, log)
+    with open(f"{venv}.lock", "w") as lockfile:
+        fcntl.flock(lockfile, fcntl.LOCK_EX)  # another run may be building it right now
+        if (venv / COMPLETE_MARKER).exists():
+            say(f"environment {env.name}: built meanwhile by another run ({lock_hash[:12]})")
+            return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, True,
+                                    time.monotonic() - started, None, log)
+        reason = _miss_reason(lock)
+        say(f"environment {env.name}: building {lock_hash[:12]} ({reason})")
+        shutil.rmtree(venv, ignore_errors=True)
+        try:
+            _install(venv, base_python, lock, deps.pip_options, say)
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise
+        (venv / "mltrain-lock.txt").write_text(lock)
+        (venv / COMPLETE_MARKER).write_text(spec_hash)
+    elapsed = time.monotonic() - started
+    say(f"environment {env.name}: built in {elapsed:.1f} s")
+    return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, False, elapsed, reason, log)
+
+
+def _require_conda(packages: list[str]) -> None:
+    raise EnvironmentBuildError(
+        f"conda packages {packages} need a conda solver, and this version builds with uv "
+        "only: move them to pip packages (most are on PyPI under the same name), or use a "
+        "user-managed environment made with conda (python.user_managed_dependencies=True)"
+    )
+
+
+def _base_python(version: str | None) -> str:
+    """This interpreter, or one of the requested version found on the machine."""
+    if not version or platform.python_version().startswith(version):
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if not found:
+        raise EnvironmentBuildError(
+            f"python {version} is not installed on this machine: install it, or drop "
+            f"python_version to use Python {platform.python_version()}"
+        )
+    return found
+
+
+@lru_cache(maxsize=8)
+def _python_identity(python: str) -> str:
+    if python == sys.executable:
+        return f"{sys.version} {platform.machine()} {sys.implementation.name}"
+    out = subprocess.run([python, "-c", "import sys, platform; print(sys.version, "
+                          "platform.machine(), sys.implementation.name)"],
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def _resolve(env: Environment, spec_hash: str, python: str,
+             say: Callable[[str], None]) -> str:
+    """The pinned requirement set of ``env``: frozen once per spec hash, then reused."""
+    frozen = cache_dir("envs", "locks") / f"{spec_hash}.txt"
+    if frozen.exists():
+        return frozen.read_text()
+    deps = env.python.conda_dependencies
+    requirements = "\n".join([*deps.pip_options, *deps.pip_packages]) + "\n"
+    if not deps.pip_packages:
+        lock = ""
+    else:
+        say(f"resolving {len(deps.pip_packages)} requirement(s) with uv")
+        out = _run(_uv("pip", "compile", "-", "--quiet", "--no-header", "--no-annotate",
+                       "--python", python, *_index_args()),
+                   say, stdin=requirements, timeout=RESOLVE_TIMEOUT_SECONDS,
+                   what=f"resolving {deps.pip_packages}")
+        lock = out
+    tmp = frozen.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(lock)
+    tmp.replace(frozen)
+    return lock
+
+
+def _install(venv: Path, python: str, lock: str, pip_options: list[str],
+             say: Callable[[str], None]) -> None:
+    if _uv_binary():
+        _run(_uv("venv", str(venv), "--python", python, "--quiet"), say,
+             timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
+        if lock.strip():
+            _run(_uv("pip", "install", "--python", str(venv / "bin" / "python"), "-r", "-",
+                     *pip_options_args(pip_options), *_index_args()),
+                 say, stdin=lock, timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
+        return
+    _run([python, "-m", "venv", str(venv)], say, timeout=INSTALL_TIMEOUT_SECONDS,
+         what="creating the virtualenv")
+    if lock.strip():
+        reqs = venv / "mltrain-requirements.txt"
+        reqs.write_text("\n".join(pip_options) + "\n" + lock)
+        _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-r", str(reqs)], say,
+             timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
+
+
+def pip_options_args(options: list[str]) -> list[str]:
+    return [part for option in options for part in option.split()]
+
+
+def _run(argv: list[str], say: Callable[[str], None], *, timeout: float, what: str,
+         stdin: str | None = None) -> str:
+    """Run a build step, streaming its stderr; its stdout is returned."""
+    env = {**os.environ, **_index_env(), "UV_PYTHON_DOWNLOADS": "never",
+           "VIRTUAL_ENV": ""}
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise EnvironmentBuildError(f"{what} took longer than {timeout:.0f} s") from exc
+    for line in proc.stderr.splitlines():
+        say(line)
+    if proc.returncode != 0:
+        detail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise EnvironmentBuildError(f"{what} failed:\n{detail}")
+    return proc.stdout
+
+
+@lru_cache(maxsize=1)
+def _uv_binary() -> str | None:
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.exists() else shutil.which("uv")
+
+
+def _uv(*args: str) -> list[str]:
+    return [_uv_binary() or "uv", *args]
+
+
+@lru_cache(maxsize=1)
+def _pip_config() -> dict[str, str]:
+    """The host's effective pip settings (files and PIP_* variables) as pip reports them."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    config: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        config.setdefault(name, value.strip().strip("'\""))  # environment wins: listed first
+    return config
+
+
+def _index_args() -> list[str]:
+    """pip's index settings as uv options."""
+    config, args = _pip_config(), []
+    if config.get("index-url"):
+        args += ["--index-url", config["index-url"]]
+    for url in config.get("extra-index-url", "").split():
+        if not url.startswith("file://") or Path(url[7:]).exists():
+            args += ["--extra-index-url", url]
+    for link in config.get("find-links", "").split():
+        args += ["--find-links", link]
+    for constraint in config.get("constraint", "").split():
+        if Path(constraint).exists():
+            args += ["--constraint", constraint]
+    if config.get("no-index", "").lower() in ("1", "true", "yes"):
+        args.append("--no-index")
+    if "--extra-index-url" in args:
+        args += ["--index-strategy", "unsafe-best-match"]  # pip's rule: best version anywhere
+    return args
+
+
+def _index_env() -> dict[str, str]:
+    cert = _pip_config().get("cert")
+    return {"SSL_CERT_FILE": cert} if cert and Path(cert).exists() else {}
+
+
+def _miss_reason(lock: str) -> str:
+    """Why nothing cached fits: what differs from the nearest cached build."""
+    wanted = set(lock.split())
+    best: tuple[int, set[str], set[str]] | None = None
+    for marker in cache_dir("envs").glob(f"*/{COMPLETE_MARKER}"):
+        try:
+            have = set((marker.parent / "mltrain-lock.txt").read_text().split())
+        except OSError:
+            continue
+        score = len(wanted ^ have)
+        if best is None or score < best[0]:
+            best = (score, wanted - have, have - wanted)
+    if best is None:
+        return "no environment cached on this machine yet"
+    _, added, removed = best
+    parts = [f"+{p}" for p in sorted(added)[:5]] + [f"-{p}" for p in sorted(removed)[:5]]
+    return "nearest cached build differs by " + ", ".join(parts)

@@ -1,0 +1,181 @@
+"""Environments: declare, hash, register, build with uv, cache, fail clearly — real builds."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import write_script
+
+from prefect_mltrain import EnvironmentBuildError, Experiment, ScriptRunConfig
+from prefect_mltrain.environment import CondaDependencies, Environment
+from prefect_mltrain.environment_build import build_environment
+
+# -- the spec ---------------------------------------------------------------------------------
+
+
+def _env(name, *packages, **kwargs):
+    env = Environment(name, **kwargs)
+    env.python.conda_dependencies = CondaDependencies.create(pip_packages=list(packages))
+    return env
+
+
+def test_hash_ignores_name_version_order_and_spelling():
+    a = _env("a", "Scikit_Learn>=1.0", "numpy")
+    b = _env("b", "numpy", "scikit-learn >= 1.0", version="7")
+    assert a.spec_hash() == b.spec_hash()
+    assert a.spec_hash() != _env("c", "numpy", "scikit-learn>=1.1").spec_hash()
+    c = _env("c", "numpy")
+    c.docker.base_image = "python:3.11-slim"
+    assert c.spec_hash() != _env("c", "numpy").spec_hash()
+
+
+def test_from_pip_requirements_follows_includes_and_keeps_options(tmp_path):
+    (tmp_path / "base.txt").write_text("numpy==2.0  # pinned\n")
+    (tmp_path / "req.txt").write_text(
+        "# ml\n-r base.txt\n--extra-index-url https://example.org/simple\nscikit-learn\n\n")
+    env = Environment.from_pip_requirements("sk", tmp_path / "req.txt")
+    deps = env.python.conda_dependencies
+    assert deps.pip_packages == ["numpy==2.0", "scikit-learn"]
+    assert deps.pip_options == ["--extra-index-url https://example.org/simple"]
+
+
+def test_from_conda_specification_reads_python_conda_and_pip(tmp_path):
+    (tmp_path / "environment.yml").write_text(
+        "name: x\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n"
+        "  - libgomp\n  - pip:\n    - scikit-learn==1.5.0\n    - --index-url https://i/simple\n")
+    env = Environment.from_conda_specification("sk", tmp_path / "environment.yml")
+    assert env.python.python_version == "3.11"
+    deps = env.python.conda_dependencies
+    assert deps.channels == ["conda-forge"] and deps.conda_packages == ["libgomp"]
+    assert deps.pip_packages == ["scikit-learn==1.5.0"]
+    assert deps.pip_options == ["--index-url https://i/simple"]
+
+
+def test_save_and_load_never_write_secret_values(tmp_path):
+    env = _env("sk", "numpy", environment_variables={"A": "1"})
+    env.secret_environment_variables = {"TOKEN": "hunter2"}
+    env.save_to_directory(tmp_path / "e")
+    assert "hunter2" not in (tmp_path / "e" / "environment.json").read_text()
+    assert (tmp_path / "e" / "requirements.txt").read_text() == "numpy\n"
+    loaded = Environment.load_from_directory(tmp_path / "e")
+    assert loaded.spec_hash() == env.spec_hash() and loaded.environment_variables == {"A": "1"}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        env.save_to_directory(tmp_path / "e")
+
+
+def test_register_versions_and_get(ws):
+    assert _env("sk", "numpy").register(ws).version == "1"
+    assert _env("sk", "numpy").register(ws).version == "1"  # same spec: same version
+    assert _env("sk", "numpy", "scipy").register(ws).version == "2"
+    assert Environment.get(ws, "sk").python.conda_dependencies.pip_packages == ["numpy", "scipy"]
+    assert Environment.get(ws, "sk", version=1).python.conda_dependencies.pip_packages == [
+        "numpy"]
+    with pytest.raises(Exception, match="no environment 'nope'.*env.register"):
+        Environment.get(ws, "nope")
+    listed = Environment.list(ws)
+    assert {"sk", "mltrain-minimal", "mltrain-sklearn", "mltrain-pytorch-cpu"} <= set(listed)
+
+
+def test_curated_environments_need_no_registration():
+    env = Environment.get(None, "mltrain-sklearn")
+    assert env.name == "mltrain-sklearn"
+    assert any(p.startswith("scikit-learn") for p in env.python.conda_dependencies.pip_packages)
+    assert Environment.get(None, "mltrain-pytorch-cpu").python.conda_dependencies.pip_packages[
+        0] == "torch==2.13.0"
+
+
+# -- building ---------------------------------------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_build_caches_by_content_and_reordering_hits_the_cache():
+    first = build_environment(_env("a", "six", "packaging==24.2"))
+    assert not first.cached and "packaging==24.2" in first.lock and "six==" in first.lock
+    again = build_environment(_env("b", "packaging==24.2", "six"))
+    assert again.cached and again.interpreter == first.interpreter
+    assert again.lock == first.lock
+    import subprocess
+    out = subprocess.run([first.interpreter, "-c", "import six, packaging; "
+                          "print(packaging.__version__)"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "24.2"
+
+
+@pytest.mark.timeout(300)
+def test_cache_miss_says_what_differs():
+    build_environment(_env("a", "six"))
+    other = build_environment(_env("b", "six", "packaging==24.1"))
+    assert not other.cached and "+packaging==24.1" in other.miss_reason
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_builds_of_one_environment_build_once():
+    results = []
+    env = _env("c", "six", "idna==3.7")
+    threads = [threading.Thread(target=lambda: results.append(build_environment(env)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert len(results) == 3 and len({r.interpreter for r in results}) == 1
+    assert sum(not r.cached for r in results) == 1
+
+
+@pytest.mark.timeout(120)
+def test_bogus_package_fails_fast_with_the_resolvers_message():
+    with pytest.raises(EnvironmentBuildError, match="not found in the package registry"):
+        build_environment(_env("bad", "no-such-package-mltrain-zz9"))
+
+
+def test_conda_packages_without_conda_are_a_clear_error():
+    env = Environment("c")
+    env.python.conda_dependencies.add_conda_package("libgomp")
+    with pytest.raises(EnvironmentBuildError, match="move them to pip packages"):
+        build_environment(env)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+SKLEARN_SCRIPT = """
+    import sklearn
+    from prefect_mltrain import Run
+    Run.get_context().log("sklearn_version", sklearn.__version__)
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(600)
+def test_run_with_scikit_learn_from_requirements_then_cache_hit(ws, tmp_path):
+    proj = tmp_path / "p"
+    write_script(proj, "train.py", SKLEARN_SCRIPT)
+    (proj / "requirements.txt").write_text("scikit-learn\n")
+    env = Environment.from_pip_requirements("sk", proj / "requirements.txt")
+    exp = Experiment(ws, "env")
+    config = ScriptRunConfig(source_directory=proj, script="train.py", environment=env)
+    first = exp.submit(config).wait_for_completion()
+    build = first["environment_build"]
+    assert "scikit-learn==" in build["lock"] and build["interpreter"].startswith(
+        str(build["interpreter"]).split("/bin/")[0])
+    assert not build["cached"]
+    second = exp.submit(config).wait_for_completion()
+    assert second["environment_build"]["cached"] is True
+    assert second["environment_build"]["lock"] == build["lock"]
+    runs = exp.get_runs()
+    assert all(r.get_metrics()["sklearn_version"] for r in runs)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_run_with_bogus_package_fails_in_preparing_with_build_log(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    env = _env("bad", "no-such-package-mltrain-zz9")
+    run = Experiment(ws, "env-bad").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                           script="train.py", environment=env))
+    details = run.wait_for_completion(raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"].startswith("Preparing:")
+    assert "not found in the package registry" in details["error"]
+    assert [h["status"] for h in details["status_history"]][-2:] == ["Preparing", "Failed"]
+    log = run.download_file("logs/environment_build.log", tmp_path / "b.log").read_text()
+    assert "no-such-package-mltrain-zz9" in log
