@@ -23,6 +23,7 @@ from .home import cache_dir
 
 if TYPE_CHECKING:
     from .environment_build import BuiltEnvironment
+    from .image_build import BuiltImage
     from .workspace import Workspace
 
 CURATED_DIR = Path(__file__).parent / "curated"
@@ -246,13 +247,12 @@ class Environment(_Model):
         return out
 
     def build_local(self, workspace: Workspace | None = None, use_docker: bool = False
-                    ) -> BuiltEnvironment:
-        """Build (or find in the cache) this environment on this machine."""
+                    ) -> BuiltEnvironment | BuiltImage:
+        """Build (or find in the cache) this environment: a virtualenv, or an image."""
         if use_docker:
-            raise EnvironmentBuildError(
-                "image builds arrive with the Docker compute target; build a virtualenv "
-                "with use_docker=False"
-            )
+            from .image_build import build_image
+
+            return build_image(self)
         from .environment_build import build_environment
 
         return build_environment(self)

@@ -74,7 +74,7 @@ def build_environment(env: Environment | None,
     started = time.monotonic()
     base_python = _base_python(env.python.python_version)
     spec_hash = env.spec_hash()
-    lock = _resolve(env, spec_hash, base_python, say)
+    lock = resolve_lock(env, say)
     lock_hash = hashlib.sha256(f"{_python_identity(base_python)}\n{lock}".encode()).hexdigest()
     venv = cache_dir("envs") / lock_hash[:24]
     python = venv / "bin" / "python"
@@ -134,10 +134,11 @@ def _python_identity(python: str) -> str:
     return out.stdout.strip()
 
 
-def _resolve(env: Environment, spec_hash: str, python: str,
-             say: Callable[[str], None]) -> str:
+def resolve_lock(env: Environment, say: Callable[[str], None] | None = None) -> str:
     """The pinned requirement set of ``env``: frozen once per spec hash, then reused."""
-    frozen = cache_dir("envs", "locks") / f"{spec_hash}.txt"
+    say = say or (lambda line: None)
+    python = _base_python(env.python.python_version)
+    frozen = cache_dir("envs", "locks") / f"{env.spec_hash()}.txt"
     if frozen.exists():
         return frozen.read_text()
     deps = env.python.conda_dependencies

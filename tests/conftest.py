@@ -54,6 +54,28 @@ def s3_workspace_options():
         yield s3
 
 
+BASE_IMAGE = os.environ.get("MLTRAIN_TEST_BASE_IMAGE", "mltrain-base:bookworm")
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A reachable Docker engine with the offline base image, or a skip that says how."""
+    from prefect_mltrain.errors import ComputeTargetUnavailableError
+    from prefect_mltrain.image_build import docker_client
+
+    try:
+        client = docker_client(timeout=10)
+    except ComputeTargetUnavailableError as exc:
+        pytest.skip(f"no Docker engine ({exc}); run `bash .ci/docker-engine.sh` as root "
+                    "to install and start one")
+    try:
+        client.images.get(BASE_IMAGE)
+    except Exception:
+        pytest.skip(f"base image {BASE_IMAGE} missing; run `bash .ci/docker-engine.sh` to "
+                    "build it offline")
+    return client
+
+
 def write_script(folder: Path, name: str, body: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
