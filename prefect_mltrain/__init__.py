@@ -19,6 +19,10 @@ _EXPORTS = {
     "PyTorchConfiguration": "config",
     "TensorflowConfiguration": "config",
     "Environment": "environment",
+    "Estimator": "estimator",
+    "SKLearn": "estimator",
+    "PyTorch": "estimator",
+    "TensorFlow": "estimator",
     "submit_run": "flows",
 }
 _EXPORTS.update({name: "errors" for name in (

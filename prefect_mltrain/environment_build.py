@@ -62,8 +62,7 @@ def build_environment(env: Environment | None,
     if env is None or not env.needs_build:
         return BuiltEnvironment(interpreter=resolve_interpreter(env))
     deps = env.python.conda_dependencies
-    if deps.conda_packages:
-        _require_conda(deps.conda_packages)
+    conda = _conda_binary(deps.conda_packages) if deps.conda_packages else None
     log: list[str] = []
 
     def say(line: str) -> None:
@@ -75,7 +74,9 @@ def build_environment(env: Environment | None,
     base_python = _base_python(env.python.python_version)
     spec_hash = env.spec_hash()
     lock = resolve_lock(env, say)
-    lock_hash = hashlib.sha256(f"{_python_identity(base_python)}\n{lock}".encode()).hexdigest()
+    conda_spec = " ".join([*deps.channels, *sorted(deps.conda_packages)]) if conda else ""
+    lock_hash = hashlib.sha256(
+        f"{_python_identity(base_python)}\n{conda_spec}\n{lock}".encode()).hexdigest()
     venv = cache_dir("envs") / lock_hash[:24]
     python = venv / "bin" / "python"
     if (venv / COMPLETE_MARKER).exists():
@@ -92,7 +93,9 @@ def build_environment(env: Environment | None,
         say(f"environment {env.name}: building {lock_hash[:12]} ({reason})")
         shutil.rmtree(venv, ignore_errors=True)
         try:
-            _install(venv, base_python, lock, deps.pip_options, say)
+            if conda:
+                _create_conda_prefix(conda, venv, env, say)
+            _install(venv, base_python, lock, deps.pip_options, say, exists=bool(conda))
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
@@ -103,12 +106,25 @@ def build_environment(env: Environment | None,
     return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, False, elapsed, reason, log)
 
 
-def _require_conda(packages: list[str]) -> None:
+def _conda_binary(packages: list[str]) -> str:
+    for name in ("micromamba", "mamba", "conda"):
+        if found := shutil.which(name):
+            return found
     raise EnvironmentBuildError(
-        f"conda packages {packages} need a conda solver, and this version builds with uv "
-        "only: move them to pip packages (most are on PyPI under the same name), or use a "
-        "user-managed environment made with conda (python.user_managed_dependencies=True)"
+        f"conda packages {packages} need conda, mamba or micromamba on PATH, and none is "
+        "installed: install one, or move them to pip packages (most are on PyPI under the "
+        "same name)"
     )
+
+
+def _create_conda_prefix(conda: str, prefix: Path, env: Environment,
+                         say: Callable[[str], None]) -> None:
+    """A conda prefix with python and the conda packages; pip packages go in after."""
+    deps = env.python.conda_dependencies
+    python = f"python={env.python.python_version or platform.python_version()}"
+    channels = [part for channel in deps.channels for part in ("-c", channel)]
+    _run([conda, "create", "-y", "-p", str(prefix), python, *deps.conda_packages, *channels],
+         say, timeout=INSTALL_TIMEOUT_SECONDS, what=f"creating the conda environment {prefix}")
 
 
 def _base_python(version: str | None) -> str:
@@ -159,17 +175,20 @@ def resolve_lock(env: Environment, say: Callable[[str], None] | None = None) -> 
 
 
 def _install(venv: Path, python: str, lock: str, pip_options: list[str],
-             say: Callable[[str], None]) -> None:
+             say: Callable[[str], None], exists: bool = False) -> None:
+    """Create the virtualenv (unless ``exists``, a conda prefix) and install the lock."""
     if _uv_binary():
-        _run(_uv("venv", str(venv), "--python", python, "--quiet"), say,
-             timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
+        if not exists:
+            _run(_uv("venv", str(venv), "--python", python, "--quiet"), say,
+                 timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
         if lock.strip():
             _run(_uv("pip", "install", "--python", str(venv / "bin" / "python"), "-r", "-",
                      *pip_options_args(pip_options), *_index_args()),
                  say, stdin=lock, timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
         return
-    _run([python, "-m", "venv", str(venv)], say, timeout=INSTALL_TIMEOUT_SECONDS,
-         what="creating the virtualenv")
+    if not exists:
+        _run([python, "-m", "venv", str(venv)], say, timeout=INSTALL_TIMEOUT_SECONDS,
+             what="creating the virtualenv")
     if lock.strip():
         reqs = venv / "mltrain-requirements.txt"
         reqs.write_text("\n".join(pip_options) + "\n" + lock)

@@ -131,7 +131,7 @@ def test_bogus_package_fails_fast_with_the_resolvers_message():
 def test_conda_packages_without_conda_are_a_clear_error():
     env = Environment("c")
     env.python.conda_dependencies.add_conda_package("libgomp")
-    with pytest.raises(EnvironmentBuildError, match="move them to pip packages"):
+    with pytest.raises(EnvironmentBuildError, match="need conda, mamba or micromamba"):
         build_environment(env)
 
 
@@ -179,3 +179,23 @@ def test_run_with_bogus_package_fails_in_preparing_with_build_log(ws, tmp_path):
     assert [h["status"] for h in details["status_history"]][-2:] == ["Preparing", "Failed"]
     log = run.download_file("logs/environment_build.log", tmp_path / "b.log").read_text()
     assert "no-such-package-mltrain-zz9" in log
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(600)
+def test_sklearn_estimator_runs_like_its_script_run_config(ws, tmp_path):
+    from prefect_mltrain import SKLearn
+
+    proj = tmp_path / "p"
+    write_script(proj, "train.py", SKLEARN_SCRIPT + """
+    import sys
+    Run.get_context().log("alpha", float(sys.argv[sys.argv.index("--alpha") + 1]))
+    """)
+    estimator = SKLearn(source_directory=proj, entry_script="train.py",
+                        script_params={"--alpha": 0.5})
+    details = Experiment(ws, "estimator").submit(estimator).wait_for_completion()
+    assert details["config"] == estimator.to_script_run_config().record()
+    assert "scikit-learn==" in details["environment_build"]["lock"]
+    run = Experiment(ws, "estimator").get_runs()[0]
+    metrics = run.get_metrics()
+    assert metrics["alpha"] == 0.5 and metrics["sklearn_version"]
