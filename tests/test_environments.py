@@ -199,3 +199,16 @@ def test_sklearn_estimator_runs_like_its_script_run_config(ws, tmp_path):
     run = Experiment(ws, "estimator").get_runs()[0]
     metrics = run.get_metrics()
     assert metrics["alpha"] == 0.5 and metrics["sklearn_version"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(600)
+def test_concurrent_runs_needing_one_new_environment_share_one_build(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", "import six\nprint('six', six.__version__)\n")
+    env = _env("shared", "six", "idna==3.6")
+    config = ScriptRunConfig(source_directory=tmp_path / "p", script="train.py", environment=env)
+    exp = Experiment(ws, "env-shared")
+    runs = [exp.submit(config) for _ in range(3)]
+    builds = [r.wait_for_completion()["environment_build"] for r in runs]
+    assert len({b["interpreter"] for b in builds}) == 1
+    assert sorted(b["cached"] for b in builds) == [False, True, True]
