@@ -172,9 +172,13 @@ class ScriptRunConfig(_Model):
         return data
 
 
-def target_name(target: Any) -> str:
-    """A compute target's display name: the string itself, or the saved block's name."""
+def target_name(target: Any) -> str | dict[str, Any]:
+    """How a run record names its compute target: ``"local"``, a saved target's
+    ``"slug/name"``, or an unsaved target's type and settings (secret values masked)."""
     if isinstance(target, str):
         return target
     name = getattr(target, "_block_document_name", None)
-    return name or type(target).__name__
+    slug = target.get_block_type_slug()
+    if name:
+        return f"{slug}/{name}"
+    return {"block_type_slug": slug, "settings": target.model_dump(mode="json")}

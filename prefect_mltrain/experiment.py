@@ -102,18 +102,18 @@ class Experiment:
         ws, folder = self.workspace, run_dir(self.name, run.id)
         record = ws.read_json(f"{folder}/run.json")
         ws.write_json(f"{folder}/run.json", set_status(record, RunStatus.QUEUED))
-        scratch = mltrain_home() / "runs" / run.id
-        scratch.mkdir(parents=True, exist_ok=True)
+        runs = mltrain_home() / "runs"  # each run's scratch folder is made below it
+        runs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **prefect_env(), **ws.to_env(),
                "MLTRAIN_SECRETS": json.dumps(secrets)}
         log = mltrain_home() / "runs" / f"{run.id}.runner.log"
-        pid = warm.start_run(self.name, run.id, env, cwd=scratch, log=log)
+        pid = warm.start_run(self.name, run.id, env, cwd=runs, log=log)
         if pid is None:  # no warm runner could be had: start a runner from scratch
             with open(log, "ab") as out:
                 pid = subprocess.Popen(
                     [sys.executable, "-m", "prefect_mltrain.runner", self.name, run.id],
                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, cwd=scratch,
+                    start_new_session=True, cwd=runs,
                 ).pid
         ws.write_json(f"{folder}/heartbeat.json",
                       {"time": time.time(), "host": socket.gethostname(), "pid": pid})

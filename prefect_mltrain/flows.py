@@ -69,11 +69,14 @@ def snapshot(workspace: str, source_directory: str) -> str:
 
 @task(name="build_environment", cache_policy=NO_CACHE)
 def build_environment(environment: dict[str, Any] | None, workspace: str | None = None,
-                      run_dir_rel: str | None = None) -> dict[str, Any]:
+                      run_dir_rel: str | None = None,
+                      base_image: str | None = None) -> dict[str, Any]:
     """Resolve and build the environment (or find it built); returns its interpreter.
 
-    The build output goes to the Prefect log and, with ``run_dir_rel``, to the run's
-    ``logs/environment_build.log`` — also when the build fails.
+    With ``base_image`` (a container target) the result is an image: the environment's own
+    ``docker.base_image``, else ``base_image``, plus its packages. The build output goes to
+    the Prefect log and, with ``run_dir_rel``, to ``logs/environment_build.log`` — also
+    when the build fails.
     """
     env = Environment.from_record(environment) if environment else None
     logger, lines = get_run_logger(), []
@@ -83,16 +86,32 @@ def build_environment(environment: dict[str, Any] | None, workspace: str | None 
         logger.info(line)
 
     try:
-        built = build_local_environment(env, on_line=on_line)
+        if base_image is None:
+            built = build_local_environment(env, on_line=on_line).record()
+        else:
+            built = _build_image(env, base_image, on_line)
     finally:
         if run_dir_rel and lines:
             open_workspace(workspace).write_bytes(f"{run_dir_rel}/logs/environment_build.log",
                                                   ("\n".join(lines) + "\n").encode())
-    return {**built.record(), "name": env.name if env else "default"}
+    return {**built, "name": env.name if env else "default"}
+
+
+def _build_image(env: Environment | None, base_image: str,
+                 on_line: Any) -> dict[str, Any]:
+    from .image_build import build_image
+
+    env = env.model_copy(deep=True) if env else Environment("default")
+    if not (env.docker.base_image or env.docker.base_dockerfile):
+        env.docker.base_image = base_image
+    if not env.needs_build:  # user-managed: the image as it is
+        on_line(f"image {env.docker.base_image}: used as it is (user-managed environment)")
+        return {"image": env.docker.base_image, "interpreter": "python3", "cached": True}
+    return {**build_image(env, on_line=on_line).record(), "interpreter": "python"}
 
 
 @task(name="execute", cache_policy=NO_CACHE)
-def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
+def execute(workspace: str, experiment: str, run_id: str, built: dict[str, Any],
             watchdog: Any = None) -> dict[str, Any]:
     """Restore the snapshot, start the script on its compute target and see it to its end.
 
@@ -111,10 +130,12 @@ def execute(workspace: str, experiment: str, run_id: str, interpreter: str,
     (cwd / "logs").mkdir(exist_ok=True)
     sync = run_folder_sync(ws, experiment, run_id, cwd, stage)
     target = resolve_compute_target(config["compute_target"])
-    target.check()
-    spec = LaunchSpec(run_id=run_id, argv=_argv(config, interpreter), cwd=str(cwd),
-                      env=_script_env(ws, experiment, run_id, stage, interpreter, config),
-                      stage_dir=str(stage), distributed=config.get("distributed_job_config"))
+    interpreter = built["interpreter"]
+    portable = _run_env(experiment, run_id, config)
+    spec = LaunchSpec(run_id=run_id, experiment=experiment, argv=_argv(config, interpreter),
+                      cwd=str(cwd), env=_local_env(ws, stage, interpreter, portable),
+                      portable_env=portable, stage_dir=str(stage), image=built.get("image"),
+                      distributed=config.get("distributed_job_config"))
     job = target.launch(spec)
     try:
         recorder.update(RunStatus.RUNNING)
@@ -202,11 +223,14 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
             record = recorder.record
             if not record.get("snapshot_id"):
                 recorder.update(snapshot_id=snapshot(ws.url, record["config"]["source_directory"]))
-            built = build_environment(record["config"].get("environment"), ws.url,
-                                      run_dir(experiment, run_id))
+            target = resolve_compute_target(record["config"]["compute_target"])
+            target.check()
+            built = build_environment(
+                record["config"].get("environment"), ws.url, run_dir(experiment, run_id),
+                base_image=target.default_image() if target.runs_in_containers else None)
             recorder.update(RunStatus.STARTING, environment_build=built)
             phase = "Running"
-            outcome = execute(ws.url, experiment, run_id, built["interpreter"], watchdog)
+            outcome = execute(ws.url, experiment, run_id, built, watchdog)
     except Exception as exc:
         outcome = {"status": "Failed", "error": f"{phase}: {exc}",
                    "exit_code": recorder.record.get("exit_code")}
@@ -239,19 +263,24 @@ def _argv(config: dict[str, Any], interpreter: str) -> list[str]:
     return [*command, *args]
 
 
-def _script_env(ws: Workspace, experiment: str, run_id: str, stage: Path, interpreter: str,
-                config: dict[str, Any]) -> dict[str, str]:
-    """The script's environment: ours, the environment's variables and secrets, the run ids."""
-    env = dict(os.environ)
-    for key in ("PREFECT__FLOW_RUN_ID", "MLTRAIN_SECRETS"):
-        env.pop(key, None)
+def _run_env(experiment: str, run_id: str, config: dict[str, Any]) -> dict[str, str]:
+    """The run's own variables: the environment's (and its secrets), and the run's ids."""
     env_record = config.get("environment") or {}
-    env.update(env_record.get("environment_variables") or {})
-    env.update(json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}"))
+    return {**(env_record.get("environment_variables") or {}),
+            **json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}"),
+            "MLTRAIN_RUN_ID": run_id, "MLTRAIN_EXPERIMENT": experiment,
+            "PYTHONUNBUFFERED": "1"}
+
+
+def _local_env(ws: Workspace, stage: Path, interpreter: str,
+               portable: dict[str, str]) -> dict[str, str]:
+    """A local script's environment: this process's, minus ours, plus the run's."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT__FLOW_RUN_ID", "MLTRAIN_SECRETS")}
     env.update(ws.to_env())
-    env.update({"MLTRAIN_RUN_ID": run_id, "MLTRAIN_EXPERIMENT": experiment,
-                "MLTRAIN_CONTEXT_DIR": str(stage), "PYTHONUNBUFFERED": "1"})
-    if os.path.abspath(interpreter) != os.path.abspath(sys.executable):
+    env.update(portable)
+    env["MLTRAIN_CONTEXT_DIR"] = str(stage)
+    if interpreter != sys.executable:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
                                                           env.get("PYTHONPATH")]))
     return env

@@ -29,12 +29,15 @@ def mltrain_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prefect_server(mltrain_home):
     """A real `prefect server start` (SQLite), the embedded default, stopped at the end."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from prefect_mltrain import server
 
     info = server.ensure_server()
-    os.environ["PREFECT_API_URL"] = info["api_url"]
+    os.environ["PREFECT_API_URL"] = info["api_url"]  # for the runners this process starts
     os.environ["PREFECT_UI_URL"] = info["ui_url"]
-    yield info
+    with temporary_settings(updates={PREFECT_API_URL: info["api_url"]}):  # for this process
+        yield info
     os.environ.pop("PREFECT_API_URL", None)
     server.stop_server()  # and the warm runners
 

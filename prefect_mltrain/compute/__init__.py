@@ -7,6 +7,7 @@ _EXPORTS = {
     "LaunchSpec": "base",
     "Job": "base",
     "LocalCompute": "local",
+    "DockerCompute": "docker",
     "resolve_compute_target": "base",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,7 @@ states) is the same for every target and lives in the flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefect.blocks.core import Block
@@ -21,12 +21,14 @@ class LaunchSpec:
     """A prepared run: the command, its folder and environment, and its staging folder."""
 
     run_id: str
+    experiment: str
     argv: list[str]
     cwd: str
-    env: dict[str, str]
+    env: dict[str, str]  # for a process on this machine: its environment plus the run's
+    portable_env: dict[str, str]  # only the run's own variables, for containers and hosts
     stage_dir: str
+    image: str | None = None
     distributed: Any = None
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Job(Protocol):
@@ -53,16 +55,28 @@ class ComputeTarget(Block):
     def describe(self) -> str:
         return getattr(self, "_block_document_name", None) or type(self).__name__
 
+    @property
+    def runs_in_containers(self) -> bool:
+        """Whether the environment must be an image (True) or a local virtualenv."""
+        return False
+
+    def default_image(self) -> str | None:
+        return None
+
 
 def resolve_compute_target(target: Any) -> ComputeTarget:
     """``"local"``, a saved target's name (``"docker-compute/gpu-box"`` or ``"gpu-box"``),
     or a target object -> a ready target."""
+    from . import docker  # noqa: F401 - registers the block class for lookups by slug
     from .local import LocalCompute
 
     if isinstance(target, ComputeTarget):
         return target
     if target in (None, "", "local"):
         return LocalCompute()
+    if isinstance(target, dict):  # an unsaved target, recorded with its settings
+        cls = Block.get_block_class_from_key(target["block_type_slug"])
+        return cls.model_validate(target["settings"])
     name = str(target)
     candidates = [name] if "/" in name else [
         f"{cls.get_block_type_slug()}/{name}" for cls in ComputeTarget.__subclasses__()

@@ -1,0 +1,158 @@
+"""Runs on the Docker target with a real engine (skips with a reason when there is none)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import BASE_IMAGE, write_script
+
+from prefect_mltrain import Environment, Experiment, ScriptRunConfig
+from prefect_mltrain.compute import DockerCompute
+from prefect_mltrain.compute.docker import container_exists_for
+
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.timeout(300)]
+
+TRAIN = """
+    import os, sys
+    from prefect_mltrain import Run
+    run = Run.get_context()
+    run.log("in_container", os.path.exists("/.dockerenv") or os.getcwd() == "/mltrain/src")
+    run.log("cwd", os.getcwd())
+    open("outputs/model.txt", "w").write("from the container")
+    print("hello from", sys.executable)
+"""
+
+SLOW = """
+    import time
+    open("outputs/started.txt", "w").write("yes")
+    print("sleeping", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def target(docker_engine):
+    return DockerCompute(image=BASE_IMAGE, network_mode="host")
+
+
+def _wait_for_file(run, name, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name in run.get_file_names():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never appeared; status {run.get_status()}")
+
+
+def test_container_run_completes_with_metrics_outputs_and_log(ws, tmp_path, target,
+                                                            docker_engine):
+    write_script(tmp_path / "p", "train.py", TRAIN)
+    run = Experiment(ws, "docker").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed" and details["exit_code"] == 0
+    assert run.get_metrics() == {"in_container": True, "cwd": "/mltrain/src"}
+    assert run.download_file("outputs/model.txt", tmp_path / "m").read_text() == \
+        "from the container"
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    assert "hello from /opt/mltrain/venv/bin/python" in log
+    assert details["environment_build"]["image"].startswith("mltrain-env:")
+    assert details["compute_target"]["block_type_slug"] == "mltrain-docker-compute"
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_environment_packages_are_installed_in_the_image(ws, tmp_path, target):
+    write_script(tmp_path / "p", "train.py", """
+        import six
+        from prefect_mltrain import Run
+        Run.get_context().log("six", six.__version__)
+    """)
+    env = Environment("with-six")
+    env.python.conda_dependencies.add_pip_package("six==1.16.0")
+    run = Experiment(ws, "docker-env").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        environment=env))
+    details = run.wait_for_completion(timeout=280)
+    assert run.get_metrics() == {"six": "1.16.0"}
+    assert "six==1.16.0" in details["environment_build"]["lock"]
+    build_log = run.download_file("logs/environment_build.log", tmp_path / "b").read_text()
+    assert details["environment_build"]["image"] in build_log
+
+
+def test_failing_script_in_container_fails_with_exit_code_and_tail(ws, tmp_path, target):
+    write_script(tmp_path / "p", "crash.py", """
+        open("outputs/partial.txt", "w").write("kept")
+        raise SystemExit("container crash") if False else exit(3)
+    """)
+    run = Experiment(ws, "docker-fail").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="crash.py", compute_target=target))
+    details = run.wait_for_completion(raise_on_error=False, timeout=240)
+    assert details["status"] == "Failed" and details["exit_code"] == 3
+    assert "outputs/partial.txt" in run.get_file_names()
+
+
+def test_timeout_stops_and_removes_the_container(ws, tmp_path, target, docker_engine):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "docker-timeout").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="slow.py", compute_target=target,
+        max_run_duration_seconds=8))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Canceled"
+    assert "max_run_duration_seconds=8" in details["error"]
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_cancel_stops_the_container(ws, tmp_path, target, docker_engine):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "docker-cancel").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="slow.py", compute_target=target))
+    _wait_for_file(run, "outputs/started.txt")
+    run.cancel()
+    assert run.wait_for_completion(timeout=120)["status"] == "Canceled"
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_killed_runner_leaves_no_container(ws, tmp_path, target, docker_engine):
+    write_script(tmp_path / "p", "slow.py", SLOW)
+    run = Experiment(ws, "docker-killed").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="slow.py", compute_target=target))
+    _wait_for_file(run, "outputs/started.txt")
+    os.kill(ws.read_json(f"{run._dir}/heartbeat.json")["pid"], 9)
+    assert run.wait_for_completion(raise_on_error=False, timeout=60)["status"] == "Failed"
+    deadline = time.monotonic() + 30
+    while container_exists_for(run.id, docker_engine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_two_concurrent_container_runs(ws, tmp_path, target):
+    write_script(tmp_path / "p", "train.py", TRAIN)
+    exp = Experiment(ws, "docker-two")
+    runs = [exp.submit(ScriptRunConfig(source_directory=tmp_path / "p", script="train.py",
+                                       compute_target=target)) for _ in range(2)]
+    assert [r.wait_for_completion(timeout=240)["status"] for r in runs] == ["Completed"] * 2
+
+
+def test_saved_target_is_used_by_name(ws, tmp_path, target):
+    target.save("test-box", overwrite=True)
+    loaded = DockerCompute.load("test-box")
+    assert loaded.image == BASE_IMAGE and loaded.network_mode == "host"
+    write_script(tmp_path / "p", "train.py", TRAIN)
+    run = Experiment(ws, "docker-named").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target="test-box"))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed"
+    assert details["compute_target"] == "test-box"
+
+
+def test_unreachable_engine_fails_in_preparing_naming_the_address(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    target = DockerCompute(base_url="tcp://127.0.0.1:9")
+    run = Experiment(ws, "docker-down").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target))
+    details = run.wait_for_completion(raise_on_error=False, timeout=120)
+    assert details["status"] == "Failed"
+    assert "tcp://127.0.0.1:9" in details["error"] and "Start the engine" in details["error"]
+    assert [h["status"] for h in details["status_history"]][-2:] == ["Preparing", "Failed"]
