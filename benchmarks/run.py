@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
+    .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -15,12 +16,18 @@ Benchmarks:
             ``mlflow run --env-manager local`` with sqlite tracking, interleaved.
   snapshot  re-snapshot of an unchanged 10,000-file tree vs. ``os.walk + os.stat`` of
             every file (the floor) and ``shutil.copytree`` of the same tree.
+  env       ``build_environment()`` of an unpinned ``scikit-learn`` requirement, cold (fresh
+            MLTRAIN_HOME) and as a cache hit, vs. ``python3 -m venv`` + ``pip install``,
+            interleaved, with warm download caches (plus one cold-cache rep of each).
+
+``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -512,6 +519,229 @@ def bench_snapshot(n_files: int, reps: int, cold_reps: int, change_reps: int) ->
             "change_reps": change_reps, "raw": raw, "summary": summary}
 
 
+# -- benchmark c: environment build ----------------------------------------------------------
+
+
+ENV_REQUIREMENT = "scikit-learn"  # unpinned: the resolve happens too
+ENV_TIMEOUT = 600  # one venv creation / pip install / uv step, seconds
+ENV_HIT_CALLS = 20
+ENV_PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl")
+VERSIONS_PY = ("import importlib.metadata as m, json; print(json.dumps("
+               "{d.metadata['Name'].lower().replace('_', '-'): d.version "
+               "for d in m.distributions()}))")
+
+
+def real_python3() -> str:
+    """The interpreter ``python3`` on PATH runs (past a pyenv shim: the shim's own start is
+    not pip's cost, so the peer is not charged for it)."""
+    out = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.strip()
+
+
+def first_import(python: str) -> float:
+    """Wall time of the first ``import sklearn, numpy, scipy`` in a new environment: uv does
+    not byte-compile what it installs (pip does), so the first import writes the .pyc files."""
+    p0 = time.perf_counter()
+    subprocess.run([python, "-c", "import sklearn, numpy, scipy"], check=True,
+                   capture_output=True, timeout=ENV_TIMEOUT, cwd=WORK)
+    return time.perf_counter() - p0
+
+
+def installed_versions(python: str) -> dict[str, str]:
+    """Untimed check that an environment works: list its distributions."""
+    # cwd: not the checkout, whose egg-info `python -c` would list as installed
+    out = subprocess.run([python, "-c", VERSIONS_PY], check=True, capture_output=True,
+                         text=True, timeout=ENV_TIMEOUT, cwd=WORK)
+    return json.loads(out.stdout)
+
+
+def bench_env(reps: int, hit_calls: int, cold_cache: bool) -> dict[str, Any]:
+    from prefect_mltrain import environment_build as eb
+    from prefect_mltrain.environment import Environment
+
+    root = WORK / "env"
+    shutil.rmtree(root, ignore_errors=True)  # untimed; the warm-ups absorb its after-effects
+    root.mkdir(parents=True)
+    req = root / "requirements.txt"
+    req.write_text(ENV_REQUIREMENT + "\n")
+    # Bound our side like the peer's subprocesses (the library allows an hour to install).
+    eb.RESOLVE_TIMEOUT_SECONDS = eb.INSTALL_TIMEOUT_SECONDS = ENV_TIMEOUT
+    python3 = real_python3()
+    counter = itertools.count()
+    saved = {k: os.environ.get(k) for k in ("MLTRAIN_HOME", "UV_CACHE_DIR", "PIP_CACHE_DIR")}
+    for key in ("UV_CACHE_DIR", "PIP_CACHE_DIR"):
+        os.environ.pop(key, None)  # the user's default caches: ~/.cache/uv, ~/.cache/pip
+
+    def fresh(prefix: str) -> Path:
+        return root / f"{prefix}-{next(counter):02d}"
+
+    def ours(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        home = fresh("home")
+        os.environ["MLTRAIN_HOME"] = str(home)  # read by the library at each call
+        os.environ.update(extra_env or {})
+        # A run's runner calls this once per process: it pays `pip config list` and the
+        # other per-process look-ups each time, so clear the library's memoized ones.
+        for obj in vars(eb).values():
+            if callable(getattr(obj, "cache_clear", None)):
+                obj.cache_clear()
+        marks: dict[str, float] = {}
+
+        def on_line(line: str) -> None:
+            if ": building " in line:  # said once the lock is resolved, before the venv
+                marks.setdefault("resolved", time.perf_counter())
+
+        try:
+            os.sync()  # no dirty pages from the step before
+            p0 = time.perf_counter()
+            built = eb.build_environment(Environment.from_pip_requirements("sk", req),
+                                         on_line=on_line)
+            wall = time.perf_counter() - p0
+        finally:
+            for key in extra_env or {}:
+                os.environ.pop(key, None)
+        resolve = marks["resolved"] - p0 if "resolved" in marks else None
+        return {"wall": wall, "ok": not built.cached, "cached": built.cached,
+                "build_seconds": built.build_seconds, "resolve": resolve,
+                "venv_install": wall - resolve if resolve is not None else None,
+                "home": str(home), "interpreter": built.interpreter,
+                "lock": built.lock, "miss_reason": built.miss_reason}
+
+    def hits(home: str) -> dict[str, Any]:
+        os.environ["MLTRAIN_HOME"] = home
+        walls, cached = [], []
+        for _ in range(hit_calls):
+            p0 = time.perf_counter()
+            built = eb.build_environment(Environment.from_pip_requirements("sk", req))
+            walls.append(time.perf_counter() - p0)
+            cached.append(built.cached)
+        return {"walls": walls, "cached": cached, "ok": all(cached)}
+
+    def peer(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        venv = fresh("pip-venv")
+        env = {**os.environ, **(extra_env or {})}
+        os.sync()
+        p0 = time.perf_counter()
+        out = subprocess.run([python3, "-m", "venv", str(venv)], env=env, capture_output=True,
+                             text=True, timeout=ENV_TIMEOUT)
+        venv_s = time.perf_counter() - p0
+        if out.returncode == 0:
+            out = subprocess.run([str(venv / "bin" / "pip"), "install", ENV_REQUIREMENT],
+                                 env=env, capture_output=True, text=True, timeout=ENV_TIMEOUT)
+        wall = time.perf_counter() - p0
+        rec: dict[str, Any] = {"wall": wall, "ok": out.returncode == 0, "venv": venv_s,
+                               "pip_install": wall - venv_s,
+                               "interpreter": str(venv / "bin" / "python")}
+        if not rec["ok"]:
+            rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
+        return rec
+
+    variants: dict[str, Callable[..., dict[str, Any]]] = {"ours_cold": ours, "pip": peer}
+
+    def attempt(name: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        try:
+            return variants[name](extra_env)
+        except Exception as exc:  # a failed rep is recorded, the benchmark goes on
+            return {"ok": False, "error": "".join(traceback.format_exception(exc))}
+
+    def show(label: str, rec: dict[str, Any]) -> None:
+        log(f"{label}: {rec.get('wall', float('nan')):.2f} s ok={rec['ok']}"
+            + ("" if rec["ok"] else f"\n{rec.get('error') or rec}"))
+
+    try:
+        warmup = {}
+        for name in variants:  # fills ~/.cache/uv and ~/.cache/pip with the wheels
+            warmup[name] = attempt(name)
+            show(f"warm-up {name} (untimed)", warmup[name])
+        pip_cache = Path.home() / ".cache" / "pip"  # pip's default; PIP_CACHE_DIR is unset
+        pip_cache_files = sum(1 for f in pip_cache.rglob("*") if f.is_file())
+        log(f"{pip_cache}: {pip_cache_files} files after the warm-up")
+        raw: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        hit: dict[str, Any] = {}
+        pip_config_walls: list[float] = []
+        for i in range(reps):
+            for name in ("ours_cold", "pip") if i % 2 == 0 else ("pip", "ours_cold"):
+                rec = attempt(name)
+                raw[name].append(rec)
+                show(f"rep {i + 1}/{reps} {name}", rec)
+                if name == "ours_cold":  # diagnostic, untimed: the resolve's `pip config list`
+                    eb._pip_config.cache_clear()  # right after the build, so in like state
+                    p0 = time.perf_counter()
+                    eb._pip_config()
+                    pip_config_walls.append(time.perf_counter() - p0)
+                if name == "ours_cold" and rec["ok"] and not hit:
+                    hit = hits(rec["home"])  # the same call again, same MLTRAIN_HOME
+                    log(f"cache hit: median {statistics.median(hit['walls']) * 1000:.1f} ms "
+                        f"of {hit_calls} calls, all cached={hit['ok']}")
+        cold: dict[str, dict[str, Any]] = {}
+        if cold_cache:  # one labelled rep each with empty download caches
+            cold["ours_cold"] = attempt("ours_cold", {"UV_CACHE_DIR": str(fresh("uv-cache"))})
+            show("cold download cache: ours (empty UV_CACHE_DIR)", cold["ours_cold"])
+            cold["pip"] = attempt("pip", {"PIP_CACHE_DIR": str(fresh("pip-cache"))})
+            show("cold download cache: pip (empty PIP_CACHE_DIR)", cold["pip"])
+        first: dict[str, list[float]] = {name: [] for name in variants}
+        for pair in zip(*(raw[name] for name in variants), strict=True):  # interleaved
+            for name, rec in zip(variants, pair, strict=True):
+                if rec["ok"]:
+                    try:
+                        rec["first_import"] = first_import(rec["interpreter"])
+                        first[name].append(rec["first_import"])
+                    except (subprocess.SubprocessError, OSError) as exc:
+                        rec["first_import_error"] = str(exc)
+        log("first import: " + ", ".join(f"{name} {statistics.median(v):.2f} s"
+                                         for name, v in first.items() if v))
+        versions: dict[str, Any] = {}
+        for name in variants:  # untimed: each side's environment imports sklearn
+            good = [r for r in raw[name] if r["ok"]]
+            try:
+                versions[name] = installed_versions(good[-1]["interpreter"]) if good else None
+            except (subprocess.SubprocessError, ValueError) as exc:
+                versions[name] = {"error": str(exc)}
+        log("installed: " + "; ".join(
+            f"{name} " + ", ".join(f"{p} {(v or {}).get(p)}" for p in ENV_PACKAGES)
+            for name, v in versions.items()))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    shutil.rmtree(root, ignore_errors=True)  # nothing is timed after this
+
+    def field_(name: str, key: str) -> dict[str, Any]:
+        return summarize([r[key] for r in raw[name] if r["ok"] and r.get(key) is not None])
+
+    summary: dict[str, Any] = {
+        "ours_cold": {"wall": field_("ours_cold", "wall"),
+                      "resolve": field_("ours_cold", "resolve"),
+                      "venv_install": field_("ours_cold", "venv_install"),
+                      "failures": sum(not r["ok"] for r in raw["ours_cold"])},
+        "ours_hit": {"wall": summarize(hit.get("walls", [])),
+                     "failures": sum(not c for c in hit.get("cached", []))},
+        "pip": {"wall": field_("pip", "wall"), "venv": field_("pip", "venv"),
+                "pip_install": field_("pip", "pip_install"),
+                "failures": sum(not r["ok"] for r in raw["pip"])},
+        "cold_cache": {name: {"wall": r.get("wall"), "ok": r["ok"]}
+                       for name, r in cold.items()},
+        "pip_config": summarize(pip_config_walls),
+        "first_import": {name: summarize(v) for name, v in first.items()},
+    }
+    peer_median = summary["pip"]["wall"]["median"]
+    summary["ratios"] = {
+        "ours_cold_vs_pip": ratio(summary["ours_cold"]["wall"]["median"], peer_median),
+        "ours_hit_vs_pip": ratio(summary["ours_hit"]["wall"]["median"], peer_median),
+        "ours_min_vs_pip_min": ratio(summary["ours_cold"]["wall"]["min"],
+                                     summary["pip"]["wall"]["min"]),
+    }
+    if cold.get("ours_cold", {}).get("ok") and cold.get("pip", {}).get("ok"):
+        summary["ratios"]["cold_cache_ours_vs_pip"] = ratio(cold["ours_cold"]["wall"],
+                                                            cold["pip"]["wall"])
+    return {"requirement": ENV_REQUIREMENT, "reps": reps, "hit_calls": hit_calls,
+            "peer_python": python3, "uv": eb._uv_binary(), "warmup": warmup, "raw": raw,
+            "hits": hit, "cold_cache": cold, "installed": versions,
+            "pip_cache_files_after_warmup": pip_cache_files, "summary": summary}
+
+
 # -- checks and report ---------------------------------------------------------------------
 
 
@@ -545,7 +775,36 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
               all(r["hashed_files"] == 1 and r["uploaded_files"] == 1
                   for r in raw["one_changed"]),
               str([(r["hashed_files"], r["uploaded_files"]) for r in raw["one_changed"]]))
-    for key in ("noop_error", "snapshot_error"):
+    envb = results.get("env")
+    if envb:
+        s, raw = envb["summary"], envb["raw"]
+        check("env ours cold: every rep built (cached False)",
+              s["ours_cold"]["failures"] == 0 and bool(raw["ours_cold"]),
+              str([r.get("cached", r.get("error", "?")[-200:]) for r in raw["ours_cold"]]))
+        check(f"env ours cache hit: all {envb['hit_calls']} calls cached",
+              len(envb["hits"].get("cached", [])) == envb["hit_calls"]
+              and s["ours_hit"]["failures"] == 0, str(envb["hits"].get("cached")))
+        check("env pip: every rep succeeded", s["pip"]["failures"] == 0 and bool(raw["pip"]),
+              f"{s['pip']['failures']} failed of {len(raw['pip'])}")
+        inst = envb["installed"]
+        ok = all(isinstance(inst.get(n), dict) and "error" not in inst[n]
+                 for n in ("ours_cold", "pip"))
+        first_ok = all(r.get("first_import") is not None for n in ("ours_cold", "pip")
+                       for r in raw[n] if r["ok"])
+        check("env: `import sklearn` works in both environments", ok and first_ok,
+              str(inst)[:300])
+        if ok:
+            tools = {"pip", "setuptools", "wheel"}  # what `python3 -m venv` seeds
+            ours_set = {(k, v) for k, v in inst["ours_cold"].items() if k not in tools}
+            pip_set = {(k, v) for k, v in inst["pip"].items() if k not in tools}
+            check("env: both sides installed the same distributions and versions",
+                  ours_set == pip_set and ("scikit-learn", inst["pip"].get("scikit-learn"))
+                  in ours_set, f"only ours: {sorted(ours_set - pip_set)}, "
+                  f"only pip: {sorted(pip_set - ours_set)}")
+        for name, rec in envb["cold_cache"].items():
+            check(f"env cold download cache {name}: succeeded", rec["ok"],
+                  rec.get("error", "")[-300:] or "ok")
+    for key in ("noop_error", "snapshot_error", "env_error"):
         if results.get(key):
             check(f"{key.split('_')[0]} benchmark ran", False, results[key].splitlines()[-1])
     return out
@@ -568,8 +827,9 @@ def report(results: dict[str, Any]) -> str:
              f"{results['machine']['nproc']} cores, Python {results['machine']['python']}, "
              f"commit {(results['versions'].get('commit') or '?')[:9]}"
              f"{' + local edits' if results['versions'].get('library_dirty') else ''}, "
-             f"prefect {results['versions'].get('prefect')}, "
-             f"mlflow {results['versions'].get('mlflow')}; load average "
+             f"prefect {results['versions'].get('prefect')}"
+             + (f", mlflow {results['versions']['mlflow']}" if results['versions'].get('mlflow')
+                else "") + "; load average "
              f"{_load(results['machine'].get('loadavg_at_start'))} at start, "
              f"{_load(results['machine'].get('loadavg_at_end'))} at end", ""]
     noop = results.get("noop")
@@ -635,6 +895,63 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {label} | {st['n']} | {_s(st['median'], 3)} | {_s(st['min'], 3)} "
                          f"| {hu} | {r} |")
         lines.append("")
+    envb = results.get("env")
+    if envb:
+        s, cold = envb["summary"], envb["cold_cache"]
+        r = s["ratios"]
+        n_ours, n_pip = s["ours_cold"]["wall"]["n"], s["pip"]["wall"]["n"]
+        lines += [f"### c. Environment build: unpinned `{envb['requirement']}` "
+                  f"({envb['reps']} interleaved reps each, warm download caches, seconds)", "",
+                  "| measurement | reps | median | min | max | ours / pip (medians) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+
+        def row(label: str, st: dict[str, Any], rt: str = "", digits: int = 2,
+                scale: float = 1.0) -> None:
+            vals = [None if st[k] is None else st[k] * scale for k in ("median", "min", "max")]
+            lines.append(f"| {label} | {st['n']} | " + " | ".join(_s(v, digits) for v in vals)
+                         + f" | {rt} |")
+
+        row("**ours, cold**: `build_environment()`, fresh `MLTRAIN_HOME` (resolve + build)",
+            s["ours_cold"]["wall"], f"**{_x(r['ours_cold_vs_pip'])}**")
+        row("↳ of which resolve (`pip config list` + `uv pip compile`)",
+            s["ours_cold"]["resolve"])
+        row("↳ of which `uv venv` + `uv pip install` of the lock", s["ours_cold"]["venv_install"])
+        row("(diagnostic: the resolve's `pip config list` alone, timed after each build)",
+            s["pip_config"])
+        row("**ours, cache hit**: the same call again, same `MLTRAIN_HOME` (**ms**)",
+            s["ours_hit"]["wall"], _x(r["ours_hit_vs_pip"]), 1, 1000.0)
+        row("peer: `python3 -m venv DIR` + `DIR/bin/pip install "
+            f"{envb['requirement']}`", s["pip"]["wall"], "1.00×")
+        row("↳ of which `python3 -m venv`", s["pip"]["venv"])
+        row("↳ of which `pip install`", s["pip"]["pip_install"])
+        if cold:
+            lines += ["", "Cold download caches (1 rep each, empty `UV_CACHE_DIR` / "
+                      "`PIP_CACHE_DIR`; indicative only):", "",
+                      "| measurement | seconds | ours / pip |", "|---|---:|---:|"]
+            for name, label in (("ours_cold", "ours, cold, empty uv cache"),
+                                ("pip", "peer: venv + pip install, empty pip cache")):
+                rec = cold.get(name, {})
+                rt = _x(r.get("cold_cache_ours_vs_pip")) if name == "ours_cold" else "1.00×"
+                lines.append(f"| {label} | {_s(rec.get('wall')) if rec.get('ok') else 'failed'}"
+                             f" | {rt} |")
+        fi = s.get("first_import")
+        if fi:
+            lines += ["", "After the build (not timed above): the first `import sklearn, numpy, "
+                      "scipy` in each new environment (uv does not byte-compile, pip does):", "",
+                      "| environment | n | median | min | max |", "|---|---:|---:|---:|---:|"]
+            for name, label in (("ours_cold", "ours (uv)"), ("pip", "peer (pip)")):
+                st = fi[name]
+                lines.append(f"| {label} | {st['n']} | {_s(st['median'])} | {_s(st['min'])} | "
+                             f"{_s(st['max'])} |")
+        inst = envb["installed"]
+        if all(isinstance(inst.get(n), dict) for n in ("ours_cold", "pip")):
+            lines += ["", "Installed (both sides): " + ", ".join(
+                f"{p} {inst['ours_cold'].get(p)}"
+                + ("" if inst["ours_cold"].get(p) == inst["pip"].get(p)
+                   else f" (pip: {inst['pip'].get(p)})") for p in ENV_PACKAGES)
+                + f"; {n_ours} + {n_pip} good reps. Files in pip's download cache after "
+                f"the warm-up: {envb['pip_cache_files_after_warmup']}."]
+        lines.append("")
     bad = [c for c in results["checks"] if not c["ok"]]
     lines.append("Checks: " + ("all passed" if not bad else
                                "FAILED: " + "; ".join(f"{c['check']} ({c['detail']})"
@@ -645,10 +962,49 @@ def report(results: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
+BENCHMARKS = ("noop", "snapshot", "env")
+RUN_META = ("date", "mode", "machine", "versions", "elapsed_seconds")
+
+
+def merged_results(results: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """The existing results.json with this run's benchmarks replaced, the others kept.
+
+    ``runs`` says, per benchmark, which run (date, mode, machine, commit) measured it; the
+    top-level date/machine/versions are those of the last full run (or of the first run).
+    """
+    try:
+        merged = json.loads(RESULTS.read_text())
+        if not isinstance(merged, dict):
+            merged = {}
+    except (OSError, ValueError):
+        merged = {}
+    runs = merged.get("runs") if isinstance(merged.get("runs"), dict) else {}
+    for name in BENCHMARKS:  # files from before `runs` existed: their run measured them all
+        if name in merged and name not in runs and "date" in merged:
+            runs[name] = {key: merged.get(key) for key in RUN_META}
+    meta = {key: results.get(key) for key in RUN_META}
+    for name in ran:
+        merged.pop(name, None)
+        merged.pop(f"{name}_error", None)
+        for key in (name, f"{name}_error"):
+            if key in results:
+                merged[key] = results[key]
+        runs[name] = meta
+    if set(ran) == set(BENCHMARKS) or "date" not in merged:
+        merged.update(meta)
+    merged["runs"] = runs
+    merged["checks"] = checks(merged)
+    return merged
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", choices=["noop", "snapshot"], help="run one benchmark")
+    parser.add_argument("--only", choices=["noop", "snapshot", "env"],
+                        help="run one benchmark (its numbers are merged into results.json)")
+    parser.add_argument("--no-cold-cache", action="store_true",
+                        help="env: skip the cold-download-cache rep of each side")
     parser.add_argument("--files", type=int, default=10_000, help="files in the snapshot tree")
     parser.add_argument("--keep-server", action="store_true",
                         help="leave the benchmark's embedded Prefect server running")
@@ -671,6 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"prefect": prefect.__version__, **checkout_info()},
     }
     noop_reps = 3 if args.quick else 7
+    env_reps = 2 if args.quick else 5
     snap_reps, cold_reps, change_reps = (3, 1, 2) if args.quick else (5, 3, 3)
     started = time.perf_counter()
     try:
@@ -690,6 +1047,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 results["snapshot_error"] = "".join(traceback.format_exception(exc))
                 log(f"snapshot benchmark failed:\n{results['snapshot_error']}")
+        if args.only in (None, "env"):
+            try:
+                results["env"] = bench_env(env_reps, ENV_HIT_CALLS, not args.no_cold_cache)
+            except Exception as exc:
+                results["env_error"] = "".join(traceback.format_exception(exc))
+                log(f"environment benchmark failed:\n{results['env_error']}")
     finally:
         if not args.keep_server:
             stop_server()
@@ -699,7 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass
     results["checks"] = checks(results)
-    RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    ran = [name for name in BENCHMARKS if args.only in (None, name)]
+    RESULTS.write_text(json.dumps(merged_results(results, ran), indent=1, default=str) + "\n")
     print(report(results))
     print(f"\nraw numbers: {RESULTS.relative_to(HERE.parent)}")
     return 0 if all(c["ok"] for c in results["checks"]) else 1
