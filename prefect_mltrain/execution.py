@@ -16,8 +16,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .compute.base import Job
+from .distributed import FAILURE_RE, PREFIX_RE
 from .records import RunStatus, run_dir
 from .sync import FolderSync
 from .workspace import Workspace
@@ -78,12 +80,40 @@ class Watchdog(threading.Thread):
         self._stop.set()
 
 
+class RankLogs:
+    """A distributed run's output split by its ``[rank N]`` prefix: a log file and a tail
+    per rank in ``logs/``, and the first rank that failed."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: dict[int, Any] = {}
+        self.tails: dict[int, deque[str]] = {}
+        self.failure: tuple[int, int] | None = None
+
+    def add(self, line: str) -> None:
+        if not (m := PREFIX_RE.match(line)):
+            return
+        rank = int(m.group(1))
+        if rank not in self.files:
+            self.files[rank] = open(self.folder / f"std_log_rank{rank}.txt", "a", buffering=1)
+            self.tails[rank] = deque(maxlen=LOG_TAIL_LINES)
+        self.files[rank].write(line[m.end():] + "\n")
+        self.tails[rank].append(line)
+        if self.failure is None and (f := FAILURE_RE.match(line)):
+            self.failure = (int(f.group(1)), int(f.group(2)))
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
 def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
             max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
             secrets: list[str] = ()) -> Outcome:
     """Drive ``job`` to its end; the final sync is the caller's (it must run after any end).
 
     Values of ``secrets`` are masked in every output line before it is stored or logged.
+    The first failing rank of a distributed job stops every rank and fails the run.
     """
     secrets = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
     interval = sync.ws.settings.sync_interval_seconds
@@ -93,6 +123,7 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
     deadline = time.monotonic() + max_seconds if max_seconds else None
     last_sync = time.monotonic()
     stop_reason: tuple[RunStatus, str] | None = None
+    ranks = RankLogs(std_log.parent)
     with open(std_log, "a", buffering=1) as out:
         def emit(lines: list[str]) -> None:
             for line in lines:
@@ -100,6 +131,7 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
                     line = line.replace(value, "[secret]")
                 out.write(line + "\n")
                 tail.append(line)
+                ranks.add(line)
                 logger.info(line)
 
         try:
@@ -110,6 +142,9 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
                                    f"exceeded max_run_duration_seconds={max_seconds}")
                 elif watchdog.cancel_reason:
                     stop_reason = (RunStatus.CANCELED, watchdog.cancel_reason)
+                elif ranks.failure:
+                    stop_reason = (RunStatus.FAILED, "rank {} exited with code {}; stopping "
+                                   "the other ranks".format(*ranks.failure))
                 if stop_reason:
                     logger.warning("stopping the run: %s", stop_reason[1])
                     job.terminate(grace)
@@ -121,6 +156,11 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
             emit(job.finish_output())
         finally:
             job.terminate(grace=0) if job.poll() is None else job.close()
+            ranks.close()
+    if ranks.failure and (stop_reason is None or stop_reason[0] == RunStatus.FAILED):
+        rank, code = ranks.failure
+        return Outcome(RunStatus.FAILED, code, f"rank {rank} exited with code {code}",
+                       list(ranks.tails[rank]))
     if stop_reason:
         return Outcome(stop_reason[0], code, stop_reason[1], list(tail))
     if code == 0:

@@ -128,6 +128,13 @@ def test_bogus_package_fails_fast_with_the_resolvers_message():
         build_environment(_env("bad", "no-such-package-mltrain-zz9"))
 
 
+@pytest.mark.timeout(120)
+def test_conflicting_requirements_fail_with_the_resolvers_explanation():
+    with pytest.raises(EnvironmentBuildError, match="requirements are unsatisfiable") as err:
+        build_environment(_env("clash", "numpy<2", "numpy>=2"))
+    assert "numpy" in str(err.value)
+
+
 def test_conda_packages_without_conda_are_a_clear_error():
     env = Environment("c")
     env.python.conda_dependencies.add_conda_package("libgomp")

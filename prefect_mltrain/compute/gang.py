@@ -1,0 +1,116 @@
+"""Ranks that live and die together, whatever started them (processes, containers, tasks).
+
+A ``GangJob`` is one ``Job`` made of a job per rank (or per node). It prefixes each member's
+output with ``[rank N]``, ends when every essential rank has exited, and on the first
+failing rank stops all the others and reports that rank. A rank that could not bind the
+rendezvous port is not a failure of the script: the whole gang starts again on a new port.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..distributed import FAILURE_MARK, PORT_IN_USE, free_port
+from .base import Job
+
+PORT_RETRIES = 3
+PORT_RETRY_WINDOW = 60.0  # seconds after a start in which a port clash is retried
+
+
+class GangJob:
+    """Members started by ``start(port) -> {first_rank: job}``; ``prefixed`` members print
+    ``[rank N]`` themselves (a node launcher), others are one rank each. ``essential`` are
+    the members whose successful exit ends the job."""
+
+    def __init__(self, start: Callable[[int], dict[int, Job]], *, essential: set[int],
+                 prefixed: bool = False, port: int | None = None):
+        self._start, self.essential, self.prefixed = start, essential, prefixed
+        self.port = port or free_port()
+        self._attempts = 0
+        self._pending: list[str] = []
+        self._launch()
+
+    def _launch(self) -> None:
+        self._attempts += 1
+        self._started = time.monotonic()
+        self.members = self._start(self.port)
+        self.pgid = next((getattr(j, "pgid", None) for j in self.members.values()), None)
+        self._recent = {rank: deque(maxlen=20) for rank in self.members}
+        self._exited: dict[int, int] = {}
+        self.code: int | None = None
+
+    def _take(self, rank: int, lines: list[str]) -> list[str]:
+        self._recent[rank].extend(lines)
+        return lines if self.prefixed else [f"[rank {rank}] {line}" for line in lines]
+
+    def read_lines(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out, self._pending = self._pending, []
+            for rank, job in self.members.items():
+                out += self._take(rank, job.read_lines(0))
+            if out or time.monotonic() >= deadline:
+                return out
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def poll(self) -> int | None:
+        if self.code is not None:
+            return self.code
+        for rank, job in self.members.items():
+            if rank in self._exited or (code := job.poll()) is None:
+                continue
+            self._exited[rank] = code
+            if code == 0:
+                continue
+            self._pending += self._take(rank, job.finish_output(1.0))
+            if self._port_clash(rank):
+                self._pending.append(f"[prefect-mltrain] rendezvous port {self.port} is in "
+                                     "use; starting the ranks again on a new port")
+                self._stop_all(5.0)
+                self.port = free_port()
+                self._launch()
+                return None
+            self._pending.append(f"[rank {rank}] " + FAILURE_MARK.format(rank=rank, code=code))
+            self._stop_all(10.0)
+            self.code = code
+            return code
+        if self.essential <= {r for r, c in self._exited.items() if c == 0}:
+            self._stop_all(5.0)  # e.g. parameter servers once the chief is done
+            self.code = 0
+        return self.code
+
+    def _port_clash(self, rank: int) -> bool:
+        return (self._attempts <= PORT_RETRIES
+                and time.monotonic() - self._started < PORT_RETRY_WINDOW
+                and any(m in line for line in self._recent[rank] for m in PORT_IN_USE))
+
+    def _stop_all(self, grace: float) -> None:
+        """Stop every member at once (in parallel, so the grace is not paid per member)."""
+        for rank, job in self.members.items():
+            if rank not in self._exited:
+                self._pending += self._take(rank, job.read_lines(0))
+        threads = [threading.Thread(target=job.terminate, args=(grace,), daemon=True)
+                   for job in self.members.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 30)
+
+    def finish_output(self, timeout: float = 5.0) -> list[str]:
+        out, self._pending = self._pending, []
+        for rank, job in self.members.items():
+            out += self._take(rank, job.finish_output(timeout / max(1, len(self.members))))
+        return out
+
+    def terminate(self, grace: float = 10.0) -> None:
+        self._stop_all(grace)
+        if self.code is None:
+            self.code = next((c for c in self._exited.values() if c), None) or \
+                next((j.poll() for j in self.members.values() if j.poll()), 143)
+
+    def close(self) -> None:
+        for job in self.members.values():
+            job.close()
