@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
-    .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env)
+    .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -19,6 +19,9 @@ Benchmarks:
   env       ``build_environment()`` of an unpinned ``scikit-learn`` requirement, cold (fresh
             MLTRAIN_HOME) and as a cache hit, vs. ``python3 -m venv`` + ``pip install``,
             interleaved, with warm download caches (plus one cold-cache rep of each).
+  docker    a no-op run on the Docker target (``DockerCompute``, image cached) vs. ``docker run``
+            of the same image and script, interleaved. In the full run only when a Docker
+            engine answers and the image exists; otherwise recorded as skipped, with why.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -125,6 +128,14 @@ def checkout_info() -> dict[str, Any]:
             "library_dirty": bool(git("status", "--porcelain", "--", "prefect_mltrain"))}
 
 
+def library_fingerprint() -> list[tuple[str, int]]:
+    """The library's source files and their mtimes: edits during a run make its numbers
+    suspect (and, like a new checkout, send submits to a new, cold warm runner)."""
+    package = HERE.parent / "prefect_mltrain"
+    return sorted((str(p.relative_to(package)), p.stat().st_mtime_ns)
+                  for p in package.rglob("*.py"))
+
+
 def machine_info() -> dict[str, Any]:
     try:
         load = os.getloadavg()
@@ -185,6 +196,7 @@ PHASES = [  # (label, from status, to status) over the run record's status_histo
     ("script + its wait (Running→Finalizing)", "Running", "Finalizing"),
     ("final sync + artifacts (Finalizing→Completed)", "Finalizing", "Completed"),
 ]
+SUBMIT_TO_RUNNING = "submit→Running (run record)"
 
 
 def make_noop_project(root: Path) -> Path:
@@ -209,22 +221,130 @@ def read_stamp(path: Path) -> float | None:
         return None
 
 
-def phases_of(record: dict[str, Any]) -> dict[str, float]:
+def phases_of(record: dict[str, Any],
+              phases: list[tuple[str, str, str]] = PHASES) -> dict[str, float]:
     times: dict[str, float] = {}
     for entry in record.get("status_history") or []:
         times.setdefault(entry["status"], entry["time"])
     out = {}
-    for label, a, b in PHASES:
+    for label, a, b in phases:
         if a in times and b in times:
             out[label] = times[b] - times[a]
     if "Running" in times and record.get("created_at"):
-        out["submit→Running (run record)"] = times["Running"] - record["created_at"]
+        out[SUBMIT_TO_RUNNING] = times["Running"] - record["created_at"]
+    return out
+
+
+def start_server() -> float:
+    """Our embedded Prefect server, started before anything is timed; its start time."""
+    from prefect_mltrain.server import ensure_server
+
+    t = time.perf_counter()
+    server = ensure_server()
+    elapsed = time.perf_counter() - t
+    log(f"embedded Prefect server at {server['api_url']} ({elapsed:.1f} s, not timed)")
+    return elapsed
+
+
+def submit_and_wait(exp: Any, config: Any, stamp: Path,
+                    phases: list[tuple[str, str, str]] = PHASES) -> dict[str, Any]:
+    """In this process: ``exp.submit(config)`` + ``wait_for_completion(poll_interval=0.1)``;
+    the wall time until it returns (the run must end Completed), the run's phases, and
+    submit → script start from the script's ``stamp``."""
+    stamp.unlink(missing_ok=True)
+    os.environ["BENCH_STAMP_FILE"] = str(stamp)  # a local script inherits it
+    try:
+        t0 = time.time()
+        p0 = time.perf_counter()
+        run = exp.submit(config)
+        try:
+            details = run.wait_for_completion(poll_interval=0.1, timeout=RUN_TIMEOUT,
+                                              raise_on_error=False)
+        except TimeoutError:
+            run.cancel()  # do not leave it running behind the next reps
+            raise
+        wall = time.perf_counter() - p0
+        t_end = time.time()
+    finally:
+        os.environ.pop("BENCH_STAMP_FILE", None)
+    rec: dict[str, Any] = {"wall": wall, "ok": details["status"] == "Completed",
+                           "run_id": run.id, "status": details["status"],
+                           "phases": phases_of(details, phases),
+                           "ended_to_client_exit": t_end - details["ended_at"],
+                           "environment_build": details.get("environment_build")}
+    if not rec["ok"]:
+        rec["error"] = f"{details.get('error')}\n{details.get('log_tail')}"
+    started = read_stamp(stamp)
+    rec["to_script_start"] = started - t0 if started else None
+    return rec
+
+
+def run_peer(argv: list[str], stamp: Path, **kwargs: Any) -> dict[str, Any]:
+    """A peer's command line, wall time until it exits 0 having printed the no-op's line,
+    and spawn → script start from the script's ``stamp``."""
+    stamp.unlink(missing_ok=True)
+    t0 = time.time()
+    p0 = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, **kwargs)
+    wall = time.perf_counter() - p0
+    rec: dict[str, Any] = {"wall": wall, "ok": out.returncode == 0
+                           and "noop: hello" in out.stdout}
+    if not rec["ok"]:
+        rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
+    started = read_stamp(stamp)
+    rec["to_script_start"] = started - t0 if started else None
+    return rec
+
+
+def try_rep(variant: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One rep; a failure is recorded, and the benchmark goes on."""
+    try:
+        return variant()
+    except Exception as exc:
+        return {"ok": False, "error": "".join(traceback.format_exception(exc))}
+
+
+def interleaved(variants: dict[str, Callable[[], dict[str, Any]]],
+                reps: int) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """One untimed warm-up of each variant (first-use costs are not the steady state), then
+    ``reps`` rounds, interleaved and rotated (a, b, c / b, c, a / …) so that load spikes on
+    the shared machine hit all variants alike. A failed rep is recorded, not fatal."""
+    warmup = {}
+    for name in variants:
+        warmup[name] = rec = try_rep(variants[name])
+        log(f"warm-up {name}: {rec.get('wall', float('nan')):.2f} s ok={rec['ok']}"
+            + ("" if rec["ok"] else f"\n{rec['error']}"))
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    names = list(variants)
+    for i in range(reps):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            rec = try_rep(variants[name])
+            raw[name].append(rec)
+            log(f"rep {i + 1}/{reps} {name}: {rec.get('wall', float('nan')):.2f} s "
+                f"ok={rec['ok']}" + ("" if rec["ok"] else f"\n{rec['error']}"))
+    return warmup, raw
+
+
+def summarize_runs(recs: list[dict[str, Any]],
+                   phases: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """Medians of the good reps: wall, submit → script start and, for our runs, phases."""
+    good = [r for r in recs if r["ok"]]
+    out: dict[str, Any] = {
+        "wall": summarize([r["wall"] for r in good]),
+        "to_script_start": summarize([r["to_script_start"] for r in good
+                                      if r.get("to_script_start") is not None]),
+        "failures": len(recs) - len(good),
+    }
+    if phases is not None:
+        out["phases"] = {label: summarize([r["phases"][label] for r in good
+                                           if label in r.get("phases", {})])
+                         for label in [label for label, _, _ in phases] + [SUBMIT_TO_RUNNING]}
+        out["ended_to_client_exit"] = summarize([r["ended_to_client_exit"] for r in good])
     return out
 
 
 def bench_noop(reps: int) -> dict[str, Any]:
     from prefect_mltrain import Experiment, ScriptRunConfig, Workspace
-    from prefect_mltrain.server import ensure_server
 
     root = WORK / "noop"
     shutil.rmtree(root, ignore_errors=True)
@@ -251,10 +371,7 @@ def bench_noop(reps: int) -> dict[str, Any]:
                    capture_output=True)
     log(f"mlflow sqlite store created in {time.perf_counter() - t:.1f} s (not timed)")
 
-    t = time.perf_counter()
-    server = ensure_server()
-    server_start = time.perf_counter() - t
-    log(f"embedded Prefect server at {server['api_url']} ({server_start:.1f} s, not timed)")
+    server_start = start_server()
 
     def run_cli() -> dict[str, Any]:
         stamp.unlink(missing_ok=True)
@@ -281,94 +398,21 @@ def bench_noop(reps: int) -> dict[str, Any]:
         return rec
 
     def run_api() -> dict[str, Any]:
-        stamp.unlink(missing_ok=True)
-        os.environ["BENCH_STAMP_FILE"] = str(stamp)
-        try:
-            t0 = time.time()
-            p0 = time.perf_counter()
-            run = Experiment(ws, "api").submit(
-                ScriptRunConfig(source_directory=str(proj), script="noop.py"))
-            try:
-                details = run.wait_for_completion(poll_interval=0.1, timeout=RUN_TIMEOUT,
-                                                  raise_on_error=False)
-            except TimeoutError:
-                run.cancel()  # do not leave it running behind the next reps
-                raise
-            wall = time.perf_counter() - p0
-            t_end = time.time()
-        finally:
-            os.environ.pop("BENCH_STAMP_FILE", None)
-        rec: dict[str, Any] = {"wall": wall, "ok": details["status"] == "Completed",
-                               "run_id": run.id, "status": details["status"],
-                               "phases": phases_of(details),
-                               "ended_to_client_exit": t_end - details["ended_at"]}
-        if not rec["ok"]:
-            rec["error"] = f"{details.get('error')}\n{details.get('log_tail')}"
-        started = read_stamp(stamp)
-        rec["to_script_start"] = started - t0 if started else None
-        return rec
+        return submit_and_wait(Experiment(ws, "api"), ScriptRunConfig(
+            source_directory=str(proj), script="noop.py"), stamp)
 
     def run_mlflow() -> dict[str, Any]:
-        stamp.unlink(missing_ok=True)
-        t0 = time.time()
-        p0 = time.perf_counter()
-        out = subprocess.run([str(mlflow_bin() / "mlflow"), "run", str(proj),
-                              "--env-manager", "local"],
-                             env={**mlflow_env, "BENCH_STAMP_FILE": str(stamp)},
-                             cwd=mlflow_cwd, capture_output=True, text=True,
-                             timeout=RUN_TIMEOUT)
-        wall = time.perf_counter() - p0
-        rec: dict[str, Any] = {"wall": wall, "ok": out.returncode == 0
-                               and "noop: hello" in out.stdout}
-        if not rec["ok"]:
-            rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
-        started = read_stamp(stamp)
-        rec["to_script_start"] = started - t0 if started else None
-        return rec
+        return run_peer([str(mlflow_bin() / "mlflow"), "run", str(proj), "--env-manager",
+                         "local"], stamp, env={**mlflow_env, "BENCH_STAMP_FILE": str(stamp)},
+                        cwd=mlflow_cwd)
 
-    variants: dict[str, Callable[[], dict[str, Any]]] = {
-        "mltrain_cli": run_cli, "mlflow_run": run_mlflow, "mltrain_api": run_api}
-
-    def attempt(name: str) -> dict[str, Any]:
-        try:
-            return variants[name]()
-        except Exception as exc:  # a failed rep is recorded, the benchmark goes on
-            return {"ok": False, "error": "".join(traceback.format_exception(exc))}
-
-    warmup = {}
-    for name in variants:  # one untimed run each: first-use costs are not the steady state
-        rec = attempt(name)
-        warmup[name] = rec
-        log(f"warm-up {name}: {rec.get('wall', float('nan')):.2f} s ok={rec['ok']}")
-    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    names = list(variants)
-    for i in range(reps):
-        order = names[i % len(names):] + names[:i % len(names)]  # interleaved and rotated
-        for name in order:
-            rec = attempt(name)
-            raw[name].append(rec)
-            log(f"rep {i + 1}/{reps} {name}: {rec.get('wall', float('nan')):.2f} s "
-                f"ok={rec['ok']}" + ("" if rec["ok"] else f"\n{rec['error']}"))
-
+    warmup, raw = interleaved(
+        {"mltrain_cli": run_cli, "mlflow_run": run_mlflow, "mltrain_api": run_api}, reps)
     summary: dict[str, Any] = {}
     for name, recs in raw.items():
-        good = [r for r in recs if r["ok"]]
-        summary[name] = {
-            "wall": summarize([r["wall"] for r in good]),
-            "to_script_start": summarize([r["to_script_start"] for r in good
-                                          if r.get("to_script_start") is not None]),
-            "failures": len(recs) - len(good),
-        }
-        if name != "mlflow_run":
-            labels = [label for label, _, _ in PHASES] + ["submit→Running (run record)"]
-            summary[name]["phases"] = {
-                label: summarize([r["phases"][label] for r in good
-                                  if label in r.get("phases", {})]) for label in labels}
-            summary[name]["ended_to_client_exit"] = summarize(
-                [r["ended_to_client_exit"] for r in good])
-            if name == "mltrain_cli":
-                summary[name]["client_to_created"] = summarize(
-                    [r["client_to_created"] for r in good])
+        summary[name] = summarize_runs(recs, None if name == "mlflow_run" else PHASES)
+    summary["mltrain_cli"]["client_to_created"] = summarize(
+        [r["client_to_created"] for r in raw["mltrain_cli"] if r["ok"]])
     peer = summary["mlflow_run"]
     for name in ("mltrain_cli", "mltrain_api"):
         for key in ("wall", "to_script_start"):
@@ -742,6 +786,135 @@ def bench_env(reps: int, hit_calls: int, cold_cache: bool) -> dict[str, Any]:
             "pip_cache_files_after_warmup": pip_cache_files, "summary": summary}
 
 
+# -- benchmark d: Docker target ----------------------------------------------------------------
+
+
+DOCKER_IMAGE = "mltrain-base:bookworm"  # made offline by .ci/docker-engine.sh
+DOCKER_PHASES = [  # PHASES, with what each step does on the Docker target
+    ("record + snapshot + git (NotStarted→Queued)", "NotStarted", "Queued"),
+    ("runner process + Prefect flow run (Queued→Preparing)", "Queued", "Preparing"),
+    ("engine check + environment image lookup (Preparing→Starting)", "Preparing", "Starting"),
+    ("restore snapshot + container create + start (Starting→Running)", "Starting", "Running"),
+    ("container runs, exits, is removed (Running→Finalizing)", "Running", "Finalizing"),
+    ("final sync + artifacts (Finalizing→Completed)", "Finalizing", "Completed"),
+]
+
+
+# Per-run costs of our Docker path in a forked runner, timed in a fresh process: the warm
+# runner has imported Prefect but not the Docker SDK, and the image's tag hashes the host's
+# index settings, read with `pip config list` before the cache can be looked up.
+DOCKER_PATH_PY = """\
+import json, time
+t = time.perf_counter(); import docker; a = time.perf_counter() - t
+from prefect_mltrain.environment_build import _pip_config
+t = time.perf_counter(); _pip_config(); b = time.perf_counter() - t
+print(json.dumps({"import docker": a, "`pip config list` (image index settings)": b}))
+"""
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+
+
+def docker_unavailable() -> str | None:
+    """Why benchmark d cannot run here (no engine answers, or no base image), else None."""
+    for args, what in ((["info"], "no Docker engine answers"),
+                       (["image", "inspect", DOCKER_IMAGE], f"no image {DOCKER_IMAGE}")):
+        try:
+            out = docker(*args)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{what}: {exc}"
+        if out.returncode != 0:
+            return f"{what}: {tail(out.stderr, 300).strip()} (`bash .ci/docker-engine.sh` " \
+                "starts one and builds the image)"
+    return None
+
+
+def run_containers() -> list[str]:
+    """Containers of our runs on the engine (any state)."""
+    out = docker("ps", "-a", "--filter", "label=mltrain.run_id", "-q")
+    return out.stdout.split() if out.returncode == 0 else [f"`docker ps` failed: {out.stderr}"]
+
+
+def wait_for_warm_runner(timeout: float = 60.0) -> bool:
+    """Wait until the warm runner of this checkout and server listens on its socket."""
+    from prefect_mltrain import warm
+    from prefect_mltrain.server import prefect_env
+
+    path = warm.socket_path({**os.environ, **prefect_env()})
+    deadline = time.monotonic() + timeout
+    while path is not None and not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return path is not None and path.exists()
+
+
+def bench_docker(reps: int) -> dict[str, Any]:
+    from prefect_mltrain import Environment, Experiment, ScriptRunConfig, Workspace
+    from prefect_mltrain.compute import DockerCompute
+
+    root = WORK / "docker"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    proj = make_noop_project(root)
+    ws = Workspace(str(root / "ws"))
+    # The script's stamp must be reachable from inside both containers: its folder is
+    # bind-mounted at the same path in each (one extra mount per side).
+    stamps = root / "stamp"
+    stamps.mkdir()
+    stamp = stamps / "stamp.txt"
+    env = Environment("noop")  # no packages: the same image as no environment at all
+    env.environment_variables = {"BENCH_STAMP_FILE": str(stamp)}  # a container gets only these
+    config = ScriptRunConfig(
+        source_directory=str(proj), script="noop.py", environment=env,
+        compute_target=DockerCompute(image=DOCKER_IMAGE, network_mode="host",
+                                     volumes={str(stamps): str(stamps)}))
+    engine = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    server_start = start_server()
+
+    def ours() -> dict[str, Any]:
+        return submit_and_wait(Experiment(ws, "docker"), config, stamp, DOCKER_PHASES)
+
+    def peer() -> dict[str, Any]:
+        return run_peer(["docker", "run", "--rm", "--network", "host", "-v", f"{proj}:/src:ro",
+                         "-v", f"{stamps}:{stamps}", "-e", f"BENCH_STAMP_FILE={stamp}",
+                         "-w", "/src", DOCKER_IMAGE, "python3", "noop.py"], stamp)
+
+    # After a fresh server the first submit runs in a cold runner, which starts the warm
+    # runner as it exits (after the run is over); once that listens, the warm-up below waits
+    # for its Prefect import, so the timed reps find it ready.
+    first = try_rep(ours)
+    log(f"first submit: {first.get('wall', float('nan')):.2f} s ok={first['ok']}, warm runner "
+        f"listening: {wait_for_warm_runner()}")
+    warmup, raw = interleaved({"ours": ours, "docker_run": peer}, reps)
+    built = first.get("environment_build") or {}
+    image = {"tag": built.get("image"), "built_by_first_submit": built.get("cached") is False,
+             "first_build_seconds": built.get("build_seconds"),
+             "timed_cache_hits": sum(bool((r.get("environment_build") or {}).get("cached"))
+                                     and r["environment_build"]["image"] == built.get("image")
+                                     for r in raw["ours"] if r["ok"])}
+    log(f"environment image {image['tag']}: built by the first submit "
+        f"{image['built_by_first_submit']}, cached in {image['timed_cache_hits']} timed reps")
+    left = run_containers()
+    costs: dict[str, list[float]] = {}
+    for _ in range(min(reps, 5)):  # untimed diagnostic, after the reps
+        out = subprocess.run([sys.executable, "-c", DOCKER_PATH_PY], capture_output=True,
+                             text=True, timeout=RUN_TIMEOUT, cwd=HERE.parent)
+        if out.returncode == 0:
+            for label, value in json.loads(out.stdout).items():
+                costs.setdefault(label, []).append(value)
+    summary: dict[str, Any] = {"ours": summarize_runs(raw["ours"], DOCKER_PHASES),
+                               "docker_run": summarize_runs(raw["docker_run"])}
+    summary["ratios"] = {key: ratio(summary["ours"][key]["median"],
+                                    summary["docker_run"][key]["median"])
+                         for key in ("wall", "to_script_start")}
+    summary["path_costs"] = {label: summarize(v) for label, v in costs.items()}
+    shutil.rmtree(root, ignore_errors=True)
+    return {"reps": reps, "image": DOCKER_IMAGE, "engine": engine,
+            "server_start_seconds": server_start, "environment_image": image,
+            "containers_left": left, "first_submit": first, "warmup": warmup, "raw": raw,
+            "path_costs": costs, "summary": summary}
+
+
 # -- checks and report ---------------------------------------------------------------------
 
 
@@ -804,9 +977,20 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name, rec in envb["cold_cache"].items():
             check(f"env cold download cache {name}: succeeded", rec["ok"],
                   rec.get("error", "")[-300:] or "ok")
-    for key in ("noop_error", "snapshot_error", "env_error"):
-        if results.get(key):
-            check(f"{key.split('_')[0]} benchmark ran", False, results[key].splitlines()[-1])
+    dock = results.get("docker")
+    if dock:
+        s, img = dock["summary"], dock["environment_image"]
+        for name in ("ours", "docker_run"):
+            check(f"docker {name}: every rep succeeded", s[name]["failures"] == 0,
+                  f"{s[name]['failures']} failed of {dock['reps']}")
+        check("docker ours: every timed rep found the first submit's image cached",
+              bool(img["tag"]) and img["timed_cache_hits"] == s["ours"]["wall"]["n"],
+              f"{img['tag']}: {img['timed_cache_hits']} hits of {s['ours']['wall']['n']}")
+        check("docker: no container labelled mltrain.run_id left", not dock["containers_left"],
+              " ".join(dock["containers_left"]) or "none")
+    for name in BENCHMARKS:
+        if results.get(f"{name}_error"):
+            check(f"{name} benchmark ran", False, results[f"{name}_error"].splitlines()[-1])
     return out
 
 
@@ -822,14 +1006,22 @@ def _load(load: list[float] | tuple[float, ...] | None) -> str:
     return "–" if not load else "/".join(f"{x:.1f}" for x in load)
 
 
+def _row(label: str, st: dict[str, Any], *extra: str) -> str:
+    """A table row: label, median, min, max (seconds) and any further cells."""
+    return "| " + " | ".join([label, *(_s(st[k]) for k in ("median", "min", "max")),
+                              *extra]) + " |"
+
+
 def report(results: dict[str, Any]) -> str:
+    versions = results["versions"]
     lines = [f"prefect-mltrain benchmarks, {results['date']} ({results['mode']} mode); "
              f"{results['machine']['nproc']} cores, Python {results['machine']['python']}, "
-             f"commit {(results['versions'].get('commit') or '?')[:9]}"
-             f"{' + local edits' if results['versions'].get('library_dirty') else ''}, "
-             f"prefect {results['versions'].get('prefect')}"
-             + (f", mlflow {results['versions']['mlflow']}" if results['versions'].get('mlflow')
-                else "") + "; load average "
+             f"commit {(versions.get('commit') or '?')[:9]}"
+             f"{' + local edits' if versions.get('library_dirty') else ''}"
+             f"{' (CHANGED during the run)' if versions.get('library_changed_during_run') else ''}"
+             f", prefect {versions.get('prefect')}"
+             + (f", mlflow {versions['mlflow']}" if versions.get("mlflow") else "")
+             + "; load average "
              f"{_load(results['machine'].get('loadavg_at_start'))} at start, "
              f"{_load(results['machine'].get('loadavg_at_end'))} at end", ""]
     noop = results.get("noop")
@@ -850,8 +1042,7 @@ def report(results: dict[str, Any]) -> str:
         for label, name, key in rows:
             st = s[name][key]
             r = 1.0 if name == "mlflow_run" else s[name].get(f"{key}_ratio_vs_mlflow")
-            lines.append(f"| {label} | {_s(st['median'])} | {_s(st['min'])} | "
-                         f"{_s(st['max'])} | {_x(r)} |")
+            lines.append(_row(label, st, _x(r)))
         lines += ["", "Where our time goes (medians, seconds, from the run record's "
                   "status_history):", "", "| phase | CLI | API |", "|---|---:|---:|",
                   f"| CLI process start + imports (spawn → created_at) | "
@@ -952,6 +1143,40 @@ def report(results: dict[str, Any]) -> str:
                 + f"; {n_ours} + {n_pip} good reps. Files in pip's download cache after "
                 f"the warm-up: {envb['pip_cache_files_after_warmup']}."]
         lines.append("")
+    if results.get("docker_skipped"):
+        lines += ["### d. Docker target: skipped", "", results["docker_skipped"], ""]
+    dock = results.get("docker")
+    if dock:
+        s, img = dock["summary"], dock["environment_image"]
+        lines += [f"### d. Docker target: no-op run vs `docker run` ({dock['reps']} interleaved "
+                  "reps each, image cached, seconds)", "",
+                  "| measurement | median | min | max | ours / `docker run` (medians) |",
+                  "|---|---:|---:|---:|---:|"]
+        rows = [("`Experiment.submit()` + `wait_for_completion()`, `DockerCompute`, wall",
+                 "ours", "wall"),
+                ("peer: `docker run --rm` of the same image and script, wall", "docker_run",
+                 "wall"),
+                ("submit → script start: ours", "ours", "to_script_start"),
+                ("spawn → script start: `docker run`", "docker_run", "to_script_start")]
+        for label, name, key in rows:
+            r = 1.0 if name == "docker_run" else s["ratios"][key]
+            lines.append(_row(label, s[name][key], _x(r)))
+        lines += ["", "Where our time goes (seconds, from the run record's status_history):", "",
+                  "| phase | median | min | max |", "|---|---:|---:|---:|"]
+        lines += [_row(label, st) for label, st in s["ours"]["phases"].items()]
+        lines += [_row("client notices the end (ended_at → return)",
+                       s["ours"]["ended_to_client_exit"]), "",
+                  "Of Preparing→Starting, two per-run costs of a forked runner (diagnostic, "
+                  "timed in a fresh process; seconds):", "",
+                  "| cost | median | min | max |", "|---|---:|---:|---:|"]
+        lines += [_row(label, st) for label, st in s["path_costs"].items()]
+        lines += ["",
+                  f"Environment image `{img['tag']}`: "
+                  + (f"built by the first, untimed submit ({_s(img['first_build_seconds'])} s)"
+                     if img["built_by_first_submit"] else "already on the engine")
+                  + f"; cached in {img['timed_cache_hits']} of {s['ours']['wall']['n']} timed "
+                  f"reps. Containers labelled `mltrain.run_id` left afterwards: "
+                  f"{len(dock['containers_left'])}. Docker engine {dock['engine']}.", ""]
     bad = [c for c in results["checks"] if not c["ok"]]
     lines.append("Checks: " + ("all passed" if not bad else
                                "FAILED: " + "; ".join(f"{c['check']} ({c['detail']})"
@@ -962,7 +1187,7 @@ def report(results: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-BENCHMARKS = ("noop", "snapshot", "env")
+BENCHMARKS = ("noop", "snapshot", "env", "docker")
 RUN_META = ("date", "mode", "machine", "versions", "elapsed_seconds")
 
 
@@ -984,9 +1209,8 @@ def merged_results(results: dict[str, Any], ran: list[str]) -> dict[str, Any]:
             runs[name] = {key: merged.get(key) for key in RUN_META}
     meta = {key: results.get(key) for key in RUN_META}
     for name in ran:
-        merged.pop(name, None)
-        merged.pop(f"{name}_error", None)
-        for key in (name, f"{name}_error"):
+        for key in (name, f"{name}_error", f"{name}_skipped"):
+            merged.pop(key, None)
             if key in results:
                 merged[key] = results[key]
         runs[name] = meta
@@ -997,11 +1221,18 @@ def merged_results(results: dict[str, Any], ran: list[str]) -> dict[str, Any]:
     return merged
 
 
+def fresh_server() -> None:
+    """No server left by an earlier benchmark run, and an empty MLTRAIN_HOME: start afresh."""
+    from prefect_mltrain.server import stop_server
+
+    stop_server()
+    shutil.rmtree(SERVER_HOME, ignore_errors=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", choices=["noop", "snapshot", "env"],
+    parser.add_argument("--only", choices=BENCHMARKS,
                         help="run one benchmark (its numbers are merged into results.json)")
     parser.add_argument("--no-cold-cache", action="store_true",
                         help="env: skip the cold-download-cache rep of each side")
@@ -1030,12 +1261,12 @@ def main(argv: list[str] | None = None) -> int:
     env_reps = 2 if args.quick else 5
     snap_reps, cold_reps, change_reps = (3, 1, 2) if args.quick else (5, 3, 3)
     started = time.perf_counter()
+    library = library_fingerprint()
     try:
         if args.only in (None, "noop"):
             try:
                 results["versions"]["mlflow"] = ensure_mlflow()
-                stop_server()  # a server left by an earlier benchmark run: start afresh
-                shutil.rmtree(SERVER_HOME, ignore_errors=True)
+                fresh_server()
                 results["noop"] = bench_noop(noop_reps)
             except Exception as exc:
                 results["noop_error"] = "".join(traceback.format_exception(exc))
@@ -1053,10 +1284,28 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 results["env_error"] = "".join(traceback.format_exception(exc))
                 log(f"environment benchmark failed:\n{results['env_error']}")
+        if args.only in (None, "docker"):
+            reason = docker_unavailable()
+            if reason and args.only is None:  # the full run goes on without it
+                results["docker_skipped"] = reason
+                log(f"Docker benchmark skipped: {reason}")
+            else:
+                try:
+                    if reason:
+                        raise RuntimeError(reason)
+                    if args.only:
+                        fresh_server()
+                    results["docker"] = bench_docker(noop_reps)
+                except Exception as exc:
+                    results["docker_error"] = "".join(traceback.format_exception(exc))
+                    log(f"Docker benchmark failed:\n{results['docker_error']}")
     finally:
         if not args.keep_server:
             stop_server()
     results["elapsed_seconds"] = time.perf_counter() - started
+    results["versions"]["library_changed_during_run"] = library_fingerprint() != library
+    if results["versions"]["library_changed_during_run"]:
+        log("WARNING: prefect_mltrain/ changed during the run; its numbers are suspect")
     try:
         results["machine"]["loadavg_at_end"] = os.getloadavg()
     except OSError:
