@@ -28,7 +28,8 @@ PREFIX_RE = re.compile(r"^\[rank (\d+)\] ")
 # Output of a launcher that could not bind its rendezvous port: retried with a new port.
 PORT_IN_USE = ("Address already in use", "EADDRINUSE", "address already in use")
 # Variables of an enclosing MPI world (e.g. a dask-mpi worker): never passed to our ranks.
-MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPI_LOCAL", "MPIR_", "OMPI_", "I_MPI_", "MPICH_")
+MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPI_LOCAL", "MPIR_", "OMPI_",
+                    "I_MPI_", "MPICH_")
 
 
 @dataclass(frozen=True)

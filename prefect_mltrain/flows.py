@@ -135,7 +135,8 @@ def execute(workspace: str, experiment: str, run_id: str, built: dict[str, Any],
     spec = LaunchSpec(run_id=run_id, experiment=experiment, argv=_argv(config, interpreter),
                       cwd=str(cwd), env=_local_env(ws, stage, interpreter, portable),
                       portable_env=portable, stage_dir=str(stage), image=built.get("image"),
-                      distributed=config.get("distributed_job_config"))
+                      distributed=config.get("distributed_job_config"),
+                      environment=config.get("environment"), interpreter=interpreter)
     job = target.launch(spec)
     try:
         recorder.update(RunStatus.RUNNING)

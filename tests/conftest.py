@@ -84,3 +84,12 @@ def write_script(folder: Path, name: str, body: str) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body))
     return path
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A real Dask cluster: two "hosts" (127.0.0.2, 127.0.0.3) with two workers each."""
+    from dask_cluster import loopback_cluster
+
+    with loopback_cluster(tmp_path_factory.mktemp("dask")) as address:
+        yield address

@@ -8,6 +8,7 @@ _EXPORTS = {
     "Job": "base",
     "LocalCompute": "local",
     "DockerCompute": "docker",
+    "DaskCompute": "dask",
     "resolve_compute_target": "base",
 }
 __all__ = sorted(_EXPORTS)

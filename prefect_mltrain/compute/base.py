@@ -28,7 +28,9 @@ class LaunchSpec:
     portable_env: dict[str, str]  # only the run's own variables, for containers and hosts
     stage_dir: str
     image: str | None = None
-    distributed: Any = None
+    distributed: Any = None  # the distributed job configuration (JSON form)
+    environment: dict[str, Any] | None = None  # the environment record, for remote hosts
+    interpreter: str = ""  # the interpreter in argv, for targets that find their own
 
 
 class Job(Protocol):
@@ -67,7 +69,7 @@ class ComputeTarget(Block):
 def resolve_compute_target(target: Any) -> ComputeTarget:
     """``"local"``, a saved target's name (``"docker-compute/gpu-box"`` or ``"gpu-box"``),
     or a target object -> a ready target."""
-    from . import docker  # noqa: F401 - registers the block class for lookups by slug
+    from . import dask, docker  # noqa: F401 - registers the block classes for lookups by slug
     from .local import LocalCompute
 
     if isinstance(target, ComputeTarget):

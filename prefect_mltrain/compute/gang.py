@@ -21,13 +21,16 @@ PORT_RETRY_WINDOW = 60.0  # seconds after a start in which a port clash is retri
 
 
 class GangJob:
-    """Members started by ``start(port) -> {first_rank: job}``; ``prefixed`` members print
-    ``[rank N]`` themselves (a node launcher), others are one rank each. ``essential`` are
-    the members whose successful exit ends the job."""
+    """Members started by ``start(port) -> {label: job}``, labelled ``"rank N"`` (or e.g.
+    ``"node N"``); ``self_prefixed`` members print ``[rank N]`` themselves (``mpiexec``
+    through the rank launcher). ``essential`` are the members whose successful exit ends
+    the job. With ``retry_port`` a port clash starts every member again on a new port."""
 
-    def __init__(self, start: Callable[[int], dict[int, Job]], *, essential: set[int],
-                 prefixed: bool = False, port: int | None = None):
-        self._start, self.essential, self.prefixed = start, essential, prefixed
+    def __init__(self, start: Callable[[int], dict[str, Job]], *, essential: set[str],
+                 self_prefixed: frozenset[str] = frozenset(), port: int | None = None,
+                 retry_port: bool = True):
+        self._start, self.essential, self.self_prefixed = start, essential, self_prefixed
+        self.retry_port = retry_port
         self.port = port or free_port()
         self._attempts = 0
         self._pending: list[str] = []
@@ -38,20 +41,20 @@ class GangJob:
         self._started = time.monotonic()
         self.members = self._start(self.port)
         self.pgid = next((getattr(j, "pgid", None) for j in self.members.values()), None)
-        self._recent = {rank: deque(maxlen=20) for rank in self.members}
-        self._exited: dict[int, int] = {}
+        self._recent = {label: deque(maxlen=20) for label in self.members}
+        self._exited: dict[str, int] = {}
         self.code: int | None = None
 
-    def _take(self, rank: int, lines: list[str]) -> list[str]:
-        self._recent[rank].extend(lines)
-        return lines if self.prefixed else [f"[rank {rank}] {line}" for line in lines]
+    def _take(self, label: str, lines: list[str]) -> list[str]:
+        self._recent[label].extend(lines)
+        return lines if label in self.self_prefixed else [f"[{label}] {line}" for line in lines]
 
     def read_lines(self, timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
         while True:
             out, self._pending = self._pending, []
-            for rank, job in self.members.items():
-                out += self._take(rank, job.read_lines(0))
+            for label, job in self.members.items():
+                out += self._take(label, job.read_lines(0))
             if out or time.monotonic() >= deadline:
                 return out
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -59,21 +62,24 @@ class GangJob:
     def poll(self) -> int | None:
         if self.code is not None:
             return self.code
-        for rank, job in self.members.items():
-            if rank in self._exited or (code := job.poll()) is None:
+        for label, job in self.members.items():
+            if label in self._exited or (code := job.poll()) is None:
                 continue
-            self._exited[rank] = code
+            self._exited[label] = code
             if code == 0:
                 continue
-            self._pending += self._take(rank, job.finish_output(1.0))
-            if self._port_clash(rank):
+            self._pending += self._take(label, job.finish_output(1.0))
+            if self._port_clash(label):
                 self._pending.append(f"[prefect-mltrain] rendezvous port {self.port} is in "
                                      "use; starting the ranks again on a new port")
                 self._stop_all(5.0)
                 self.port = free_port()
                 self._launch()
                 return None
-            self._pending.append(f"[rank {rank}] " + FAILURE_MARK.format(rank=rank, code=code))
+            kind, _, number = label.partition(" ")
+            self._pending.append(f"[{label}] " + (
+                FAILURE_MARK.format(rank=number, code=code) if kind == "rank"
+                else f"prefect-mltrain: {label} exited with code {code}"))
             self._stop_all(10.0)
             self.code = code
             return code
@@ -82,16 +88,16 @@ class GangJob:
             self.code = 0
         return self.code
 
-    def _port_clash(self, rank: int) -> bool:
-        return (self._attempts <= PORT_RETRIES
+    def _port_clash(self, label: str) -> bool:
+        return (self.retry_port and self._attempts <= PORT_RETRIES
                 and time.monotonic() - self._started < PORT_RETRY_WINDOW
-                and any(m in line for line in self._recent[rank] for m in PORT_IN_USE))
+                and any(m in line for line in self._recent[label] for m in PORT_IN_USE))
 
     def _stop_all(self, grace: float) -> None:
         """Stop every member at once (in parallel, so the grace is not paid per member)."""
-        for rank, job in self.members.items():
-            if rank not in self._exited:
-                self._pending += self._take(rank, job.read_lines(0))
+        for label, job in self.members.items():
+            if label not in self._exited:
+                self._pending += self._take(label, job.read_lines(0))
         threads = [threading.Thread(target=job.terminate, args=(grace,), daemon=True)
                    for job in self.members.values()]
         for t in threads:
@@ -101,8 +107,8 @@ class GangJob:
 
     def finish_output(self, timeout: float = 5.0) -> list[str]:
         out, self._pending = self._pending, []
-        for rank, job in self.members.items():
-            out += self._take(rank, job.finish_output(timeout / max(1, len(self.members))))
+        for label, job in self.members.items():
+            out += self._take(label, job.finish_output(timeout / max(1, len(self.members))))
         return out
 
     def terminate(self, grace: float = 10.0) -> None:

@@ -50,9 +50,9 @@ def launch_local_ranks(plan: RankPlan, spec: LaunchSpec, host: str = LOOPBACK) -
 
     def start(port: int) -> dict[int, Job]:
         tf = [f"{host}:{free_port()}" for _ in plan.slots] if plan.kind == "tensorflow" else None
-        return {slot.rank: GuardedProcess(spec.argv, cwd=spec.cwd, env={
+        return {f"rank {slot.rank}": GuardedProcess(spec.argv, cwd=spec.cwd, env={
             **spec.env, **rank_env(plan, slot, master_addr=host, master_port=port,
                                    run_id=spec.run_id, tf_addresses=tf)})
             for slot in plan.slots}
 
-    return GangJob(start, essential=plan.essential)
+    return GangJob(start, essential={f"rank {r}" for r in plan.essential})

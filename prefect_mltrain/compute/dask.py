@@ -1,0 +1,365 @@
+"""The Dask target: the ranks of a run on the workers of a Dask cluster, one rank per worker.
+
+Workers stand for slots and their addresses for hosts: a job of ``node_count`` nodes needs
+that many hosts with ``per_node`` workers each, checked before any rank starts. The
+snapshot travels to the workers with the tasks; each worker finds or builds the run's
+environment itself. MPI jobs keep a real ``mpiexec`` on the runner and start its per-node
+proxies as tasks on the workers, so the ranks form their own MPI world (also on a cluster
+started with ``dask-mpi``, whose world they never join).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import queue
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ..distributed import RankPlan, Slot, job_env, mpi_argv, plan_ranks, rank_env
+from ..errors import ComputeTargetUnavailableError
+from .base import ComputeTarget, Job, LaunchSpec
+from .dask_worker import RankTask, free_port_here, run_rank
+from .gang import GangJob
+from .process import GuardedProcess
+
+BEAT_SECONDS = 5.0
+
+
+class DaskCompute(ComputeTarget):
+    """A Dask cluster: an existing scheduler, or a cluster created for the run.
+
+    Example:
+        ```python
+        DaskCompute(address="tcp://10.0.0.5:8786")
+        DaskCompute(cluster_class="distributed.LocalCluster", cluster_kwargs={"n_workers": 4})
+        ```
+    Workers need ``prefect-mltrain`` installed (they run its rank task).
+    """
+
+    _block_type_name = "Dask Compute"
+    _block_type_slug = "mltrain-dask-compute"
+    _description = "Runs prefect-mltrain training ranks on the workers of a Dask cluster."
+
+    address: str | None = Field(None, description="Scheduler address, e.g. tcp://host:8786.")
+    scheduler_file: str | None = Field(None, description="Scheduler file (dask-mpi, jobqueue).")
+    cluster_class: str | None = Field(
+        None, description="Cluster created for each run and closed after it, e.g. "
+        "'distributed.LocalCluster' or 'dask_jobqueue.SLURMCluster'.")
+    cluster_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                           description="Arguments of cluster_class.")
+    worker_wait_seconds: float = Field(
+        30.0, description="How long to wait for enough workers before failing the run.")
+    outputs_of_every_rank: bool = Field(
+        False, description="Collect every rank's ./outputs under outputs/rank_N/ (rank 0's "
+        "are always collected into outputs/).")
+
+    def describe(self) -> str:
+        return self.address or self.scheduler_file or self.cluster_class or "Dask"
+
+    def connect(self):
+        """A client (and the cluster made for it, if any)."""
+        from distributed import Client
+
+        cluster = None
+        try:
+            if self.cluster_class:
+                module, _, name = self.cluster_class.rpartition(".")
+                cluster = getattr(importlib.import_module(module), name)(**self.cluster_kwargs)
+                return Client(cluster, timeout=30), cluster
+            if self.scheduler_file:
+                return Client(scheduler_file=self.scheduler_file, timeout=30), None
+            if self.address:
+                return Client(self.address, timeout=30), None
+        except Exception as exc:
+            if cluster is not None:
+                cluster.close()
+            raise ComputeTargetUnavailableError(
+                f"cannot reach the Dask cluster {self.describe()}: {exc}. Start the scheduler "
+                "or fix address/scheduler_file/cluster_class of this compute target") from exc
+        raise ComputeTargetUnavailableError(
+            "DaskCompute needs address=, scheduler_file= or cluster_class=")
+
+    def check(self) -> None:
+        if self.cluster_class:
+            module = self.cluster_class.rpartition(".")[0]
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ComputeTargetUnavailableError(
+                    f"cluster_class {self.cluster_class!r} cannot be imported ({exc}): "
+                    f"install {module.split('.')[0]} where runs start") from exc
+            return
+        client, _ = self.connect()
+        client.close()
+
+    def launch(self, spec: LaunchSpec) -> Job:
+        client, cluster = self.connect()
+        try:
+            plan = plan_ranks(spec.distributed) or RankPlan("single", 1, 1, [Slot(0, 0, 0)])
+            placement = place(client, plan, self.worker_wait_seconds, self.describe())
+            return DaskJob(client, cluster, plan, placement, spec, self.outputs_of_every_rank)
+        except BaseException:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            raise
+
+
+def place(client, plan: RankPlan, wait: float, where: str) -> list[str]:
+    """A distinct worker per rank, the ranks of a node on one host; fails before starting
+    anything when the cluster is too small (after waiting ``wait`` seconds for workers)."""
+    deadline = time.monotonic() + wait
+    while True:
+        hosts: dict[str, list[str]] = {}
+        for address, info in sorted(client.scheduler_info(n_workers=-1)["workers"].items()):
+            hosts.setdefault(info.get("host") or address, []).append(address)
+        if plan.kind in ("tensorflow", "single"):  # tasks go anywhere, one per worker
+            workers = [w for ws in hosts.values() for w in ws]
+            if len(workers) >= plan.world_size:
+                return workers[:plan.world_size]
+        else:
+            nodes = [ws for ws in hosts.values() if len(ws) >= plan.per_node][:plan.node_count]
+            if len(nodes) == plan.node_count:
+                return [nodes[s.node_rank][s.local_rank] for s in plan.slots]
+        if time.monotonic() >= deadline:
+            have = ", ".join(f"{h}: {len(ws)}" for h, ws in hosts.items()) or "no workers"
+            raise ComputeTargetUnavailableError(
+                f"{plan.describe()} need {plan.node_count} host(s) with {plan.per_node} "
+                f"free worker(s) each; the cluster {where} has {have} (workers per host). "
+                "Add workers, or lower node_count / process counts")
+        time.sleep(0.5)
+
+
+class DaskMember:
+    """One task on a worker, as a ``Job`` member of the gang."""
+
+    def __init__(self, job: DaskJob, task: RankTask, worker: str):
+        self.job, self.task = job, task
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.received = 0
+        job.members[task.label] = self
+        self.future = job.client.submit(run_rank, task, job.snapshot, workers=[worker],
+                                         allow_other_workers=False, pure=False,
+                                         key=f"mltrain-{task.run_id}-{task.label}-{job.attempt}"
+                                         .replace(" ", "-"))
+
+    def read_lines(self, timeout: float) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self.lines.get_nowait())
+            except queue.Empty:
+                return out
+
+    def poll(self) -> int | None:
+        if not self.future.done():
+            return None
+        try:
+            return self.future.result()["exit_code"]
+        except Exception as exc:
+            self.lines.put(f"prefect-mltrain: the rank task failed on its worker: {exc}")
+            return 1
+
+    def finish_output(self, timeout: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        try:
+            expected = self.future.result(timeout=timeout)["lines"]
+        except Exception:
+            expected = 0
+        while self.received < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.read_lines(0)
+
+    def terminate(self, grace: float = 10.0) -> None:
+        self.job.stop()
+        try:
+            self.future.result(timeout=grace + 20)
+        except Exception:
+            self.future.cancel()
+
+    def close(self) -> None:
+        pass
+
+
+class DaskJob:
+    """The run's ranks on the cluster: a gang of rank tasks (or mpiexec + node proxies)."""
+
+    def __init__(self, client, cluster, plan: RankPlan, workers: list[str], spec: LaunchSpec,
+                 every_rank: bool):
+        from distributed import Event, Variable
+
+        self.client, self.cluster, self.plan, self.spec = client, cluster, plan, spec
+        self.every_rank, self.attempt = every_rank, 0
+        self.members: dict[str, DaskMember] = {}
+        self._notes = [f"[prefect-mltrain] {plan.describe()} on {client.scheduler.address}: "
+                       + ", ".join(f"rank {s.rank} on {w}" for s, w in zip(plan.slots, workers,
+                                                                         strict=True))]
+        self._stop_event = Event(f"mltrain-stop-{spec.run_id}", client=client)
+        self._stop_event.clear()
+        self._alive = Variable(f"mltrain-alive-{spec.run_id}", client=client)
+        self._alive.set(time.time())
+        self._beating = threading.Event()
+        threading.Thread(target=self._beat, daemon=True).start()
+        client.subscribe_topic(f"mltrain-{spec.run_id}", self._on_event)
+        self.snapshot = client.scatter(_zip_dir(Path(spec.cwd)), broadcast=True,
+                                       workers=sorted(set(workers)))
+        host = workers[0].split("://")[-1].rsplit(":", 1)[0]
+        self.master = host
+        self.workers = workers
+        env = {k: v for k, v in spec.portable_env.items()}
+        if plan.kind == "mpi":
+            self.gang = self._start_mpi(env)
+        else:
+            self.gang = GangJob(lambda port: self._start_ranks(env, port),
+                                essential={f"rank {r}" for r in plan.essential},
+                                port=self._port_on(workers[0]))
+        self.pgid = None
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def _port_on(self, worker: str) -> int:
+        return self.client.submit(free_port_here, workers=[worker], pure=False).result(60)[1]
+
+    def _task(self, label: str, argv: list[str], env: dict[str, str]) -> RankTask:
+        first = label.endswith(" 0")  # rank 0, or the node holding it
+        collect = ["outputs", "logs"] if first or self.every_rank else []
+        return RankTask(self.spec.run_id, label, argv, env,
+                        self.spec.environment, self.spec.interpreter, collect=collect)
+
+    def _start_ranks(self, env: dict[str, str], port: int) -> dict[str, Job]:
+        self.attempt += 1
+        self.members = {}
+        self._stop_event.clear()
+        tf = None
+        if self.plan.kind == "tensorflow":
+            tf = [f"{h}:{p}" for h, p in self.client.gather(
+                [self.client.submit(free_port_here, workers=[w], pure=False)
+                 for w in self.workers])]
+        for slot, worker in zip(self.plan.slots, self.workers, strict=True):
+            rank_vars = {} if self.plan.kind == "single" else rank_env(
+                self.plan, slot, master_addr=self.master, master_port=port,
+                run_id=self.spec.run_id, tf_addresses=tf)
+            DaskMember(self, self._task(f"rank {slot.rank}", self.spec.argv,
+                                        {**env, **rank_vars}), worker)
+        return dict(self.members)
+
+    def _start_mpi(self, env: dict[str, str]) -> GangJob:
+        """mpiexec here with the manual launcher; its per-node proxies as worker tasks."""
+        nodes = [self.workers[n * self.plan.per_node] for n in range(self.plan.node_count)]
+        hosts = [w.split("://")[-1].rsplit(":", 1)[0] for w in nodes]
+        mpiexec = GuardedProcess(mpi_argv(self.plan, self.spec.argv, hosts=hosts, manual=True),
+                                 cwd=self.spec.cwd, env=self.spec.env)
+        proxies, deadline = [], time.monotonic() + 60
+        while "HYDRA_LAUNCH_END" not in proxies:
+            if mpiexec.poll() is not None or time.monotonic() > deadline:
+                out = "\n".join(proxies + mpiexec.finish_output(1))
+                mpiexec.terminate(0)
+                raise ComputeTargetUnavailableError(f"mpiexec did not start: {out[-2000:]}")
+            proxies += [line.strip() for line in mpiexec.read_lines(0.25)]
+        commands = [line.split(":", 1)[1].split() for line in proxies
+                    if line.startswith("HYDRA_LAUNCH:")]
+        node_env = {**env, **job_env(self.plan, self.master, self._port_on(nodes[0]),
+                                     self.spec.run_id),
+                    "MLTRAIN_RANK_ARGV": json.dumps(self.spec.argv)}
+        self.attempt += 1
+        for i, (argv, worker) in enumerate(zip(commands, nodes, strict=True)):
+            DaskMember(self, self._task(f"node {i}", argv, node_env), worker)
+        members: dict[str, Job] = {"mpiexec": mpiexec, **self.members}
+        return GangJob(lambda port: members, essential={"mpiexec"},
+                       self_prefixed=frozenset({"mpiexec"}), port=1, retry_port=False)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _on_event(self, event) -> None:
+        msg = event[1]
+        member = self.members.get(msg["label"])
+        if member is not None:
+            for line in msg["lines"]:
+                member.lines.put(line)
+            member.received += len(msg["lines"])
+
+    def _beat(self) -> None:
+        while not self._beating.wait(BEAT_SECONDS):
+            try:
+                self._alive.set(time.time())
+            except Exception:
+                return
+
+    def stop(self) -> None:
+        try:
+            self._stop_event.set()
+        except Exception:
+            pass
+
+    def read_lines(self, timeout: float) -> list[str]:
+        notes, self._notes = self._notes, []
+        return notes + self.gang.read_lines(0 if notes else timeout)
+
+    def poll(self) -> int | None:
+        return self.gang.poll()
+
+    def finish_output(self, timeout: float = 5.0) -> list[str]:
+        return self.gang.finish_output(timeout)
+
+    def terminate(self, grace: float = 10.0) -> None:
+        if self.client is None:
+            return
+        self.stop()
+        self.gang.terminate(grace)
+        self.close()
+
+    def close(self) -> None:
+        """Bring the ranks' files home, then let go of the cluster (closing one we made)."""
+        if self.client is None:
+            return
+        self.stop()
+        self._beating.set()
+        for member in self.members.values():
+            try:
+                result = member.future.result(timeout=30)
+            except Exception:
+                continue
+            self._unpack(member.task.label, result["files"])
+        self.gang.close()
+        self.client.unsubscribe_topic(f"mltrain-{self.spec.run_id}")
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = None
+
+    def _unpack(self, label: str, files: bytes) -> None:
+        """Rank 0's outputs and logs (its node's, for MPI) into the run's folders, other
+        ranks' under ``rank_N/`` (``node_N/``); every rank's run-context events into the
+        staging folder."""
+        cwd, stage = Path(self.spec.cwd), Path(self.spec.stage_dir)
+        with zipfile.ZipFile(io.BytesIO(files)) as zf:
+            for name in zf.namelist():
+                top, _, rest = name.partition("/")
+                if top == "stage":
+                    dest = stage / rest
+                elif label.endswith(" 0"):
+                    dest = cwd / top / rest
+                else:
+                    dest = cwd / top / label.replace(" ", "_") / rest
+                if not dest.resolve().is_relative_to((stage if top == "stage" else cwd)
+                                                     .resolve()):
+                    continue  # a hostile name: never write outside the run's folders
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(zf.read(name))
+
+
+def _zip_dir(root: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                zf.write(path, path.relative_to(root).as_posix())
+    return buf.getvalue()
+

@@ -1,0 +1,171 @@
+"""Runs on the Dask target: a real cluster whose workers sit on distinct loopback "hosts"."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+from conftest import write_script
+from test_distributed import (
+    CONTRACT,
+    FAILING_RANK,
+    MPI_ALLREDUCE,
+    TORCH_ALLREDUCE,
+    torch_environment,
+)
+
+from prefect_mltrain import (
+    Experiment,
+    MpiConfiguration,
+    PyTorchConfiguration,
+    ScriptRunConfig,
+    TensorflowConfiguration,
+)
+from prefect_mltrain.compute import DaskCompute
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _placement(run, tmp_path):
+    log = run.download_file("logs/std_log.txt", tmp_path / "placement").read_text()
+    return dict(re.findall(r"rank (\d+) on tcp://([\d.]+):\d+", log.split("\n", 1)[0]))
+
+
+@pytest.mark.timeout(600)
+def test_torch_all_reduce_over_two_hosts_of_two_workers(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", TORCH_ALLREDUCE)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", environment=torch_environment(),
+        compute_target=DaskCompute(address=dask_cluster, outputs_of_every_rank=True),
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=540)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"all_reduce": 10.0}
+    hosts = _placement(run, tmp_path)
+    assert hosts["0"] == hosts["1"] != hosts["2"] == hosts["3"]  # two ranks on each host
+    files = set(run.get_file_names())
+    assert {"outputs/contract/0.json", "outputs/rank_1/contract/1.json",
+            "outputs/rank_3/contract/3.json"} <= files
+    rank3 = json.loads(run.download_file("outputs/rank_3/contract/3.json",
+                                         tmp_path / "c3").read_text())
+    assert (rank3["NODE_RANK"], rank3["LOCAL_RANK"], rank3["MASTER_ADDR"]) == (
+        "1", "1", hosts["0"])
+    log = run.download_file("logs/std_log_rank2.txt", tmp_path / "l2").read_text()
+    assert "all_reduce=10 world=4" in log
+
+
+@pytest.mark.timeout(300)
+def test_mpi4py_allreduce_with_node_proxies_on_the_workers(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", MPI_ALLREDUCE)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=dask_cluster),
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=2)))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"allreduce": 10}
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    assert all(f"[rank {r}] allreduce=10" in log for r in range(4))
+
+
+@pytest.mark.timeout(300)
+def test_tf_config_tasks_on_distinct_workers(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", CONTRACT)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=dask_cluster, outputs_of_every_rank=True),
+        distributed_job_config=TensorflowConfiguration(worker_count=3)))
+    assert run.wait_for_completion(timeout=240)["status"] == "Completed"
+    tf = json.loads(json.loads(run.download_file(
+        "outputs/rank_2/contract/2.json", tmp_path / "c").read_text())["TF_CONFIG"])
+    assert tf["task"] == {"type": "worker", "index": 2} and len(set(tf["cluster"]["worker"])) == 3
+    assert all(a.startswith("127.0.0.") for a in tf["cluster"]["worker"])
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+
+
+SLEEPER = """
+    import os, time
+    print("pid", os.getpid(), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_timeout_leaves_no_rank_process_on_any_worker(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", SLEEPER)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", max_run_duration_seconds=8,
+        compute_target=DaskCompute(address=dask_cluster),
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    assert details["status"] == "Canceled" and "max_run_duration_seconds" in details["error"]
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    pids = [int(p) for p in re.findall(r"\] pid (\d+)", log)]
+    assert len(pids) == 4
+    deadline = time.monotonic() + 15
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, pids))
+
+
+@pytest.mark.timeout(300)
+def test_a_failing_rank_on_a_worker_stops_the_others(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", FAILING_RANK)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=dask_cluster),
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    assert details["status"] == "Failed" and details["exit_code"] == 3
+    assert "rank 1 exited with code 3" in details["error"]
+    assert "rank one gives up: bad shard" in details["log_tail"]
+
+
+@pytest.mark.timeout(120)
+def test_too_few_workers_is_a_clear_error_not_a_hang(ws, tmp_path, dask_cluster):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=dask_cluster, worker_wait_seconds=1),
+        distributed_job_config=PyTorchConfiguration(process_count=6, node_count=3)))
+    details = run.wait_for_completion(timeout=90, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert "need 3 host(s) with 2 free worker(s) each" in details["error"]
+    assert "Add workers, or lower node_count" in details["error"]
+
+
+@pytest.mark.timeout(300)
+def test_a_cluster_created_for_the_run_and_closed_after(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", CONTRACT + "    print('done on a LocalCluster')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}),
+        distributed_job_config=PyTorchConfiguration(process_count=2)))
+    assert run.wait_for_completion(timeout=240)["status"] == "Completed"
+    assert "outputs/contract/0.json" in run.get_file_names()
+
+
+@pytest.mark.timeout(300)
+def test_mpi_job_on_a_dask_mpi_cluster_has_its_own_world(ws, tmp_path):
+    from dask_cluster import dask_mpi_cluster
+
+    write_script(tmp_path / "p", "train.py", MPI_ALLREDUCE)
+    with dask_mpi_cluster(tmp_path / "dask-mpi", processes=3) as scheduler_file:
+        run = Experiment(ws, "dask").submit(ScriptRunConfig(
+            source_directory=tmp_path / "p", script="train.py",
+            compute_target=DaskCompute(scheduler_file=scheduler_file),
+            distributed_job_config=MpiConfiguration(process_count_per_node=2)))
+        details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"allreduce": 3}  # a world of 2, not the cluster's 3
