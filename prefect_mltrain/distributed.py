@@ -182,8 +182,8 @@ def mpi_argv(plan: RankPlan, argv: list[str], hosts: list[str] | None = None,
         cmd += ["-hosts", ",".join(f"{h}:{plan.per_node}" for h in hosts)]
     else:
         cmd += ["-ppn", str(plan.per_node)]
-    if manual:
-        cmd += ["-launcher", "manual", "-genvnone"]
+    if manual:  # the nodes' folders differ from ours: the rank launcher moves into them
+        cmd += ["-launcher", "manual", "-genvnone", "-wdir", "/"]
     return [*cmd, sys.executable if not manual else "python", "-m", "prefect_mltrain.rank",
             "--", *argv]
 

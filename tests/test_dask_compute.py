@@ -169,3 +169,16 @@ def test_mpi_job_on_a_dask_mpi_cluster_has_its_own_world(ws, tmp_path):
         details = run.wait_for_completion(timeout=240)
     assert details["status"] == "Completed", details
     assert run.get_metrics() == {"allreduce": 3}  # a world of 2, not the cluster's 3
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_scheduler_fails_in_preparing_naming_it(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address="tcp://127.0.0.1:9", connect_timeout_seconds=2)))
+    details = run.wait_for_completion(timeout=90, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"].startswith("Preparing: cannot reach the Dask cluster "
+                                       "tcp://127.0.0.1:9")
+    assert "Start the scheduler" in details["error"]

@@ -249,3 +249,32 @@ def test_torch_distributed_gloo_all_reduce_over_two_nodes_of_two(ws, tmp_path):
     contracts = _contracts(run, tmp_path)
     assert [(c["LOCAL_RANK"], c["NODE_RANK"]) for _, c in sorted(contracts.items())] == [
         ("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")]
+
+
+HOROVOD_CONTRACT = """
+    import os
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    local = world.Split_type(MPI.COMM_TYPE_SHARED)  # how hvd.init() finds local rank and size
+    cross = world.Split(local.Get_rank(), world.Get_rank())  # and cross rank and size
+    assert (world.Get_rank(), world.Get_size()) == (int(os.environ["RANK"]),
+                                                    int(os.environ["WORLD_SIZE"]))
+    assert (local.Get_rank(), local.Get_size()) == (int(os.environ["LOCAL_RANK"]),
+                                                    int(os.environ["LOCAL_WORLD_SIZE"]))
+    print(f"hvd-contract rank={world.Get_rank()} local={local.Get_rank()}/{local.Get_size()} "
+          f"cross={cross.Get_rank()}/{cross.Get_size()}", flush=True)
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(180)
+def test_mpi_world_gives_horovod_its_rank_local_rank_and_cross_rank(ws, tmp_path):
+    """Horovod itself is user-installed; this is the MPI contract ``hvd.init()`` relies on."""
+    write_script(tmp_path / "p", "train.py", HOROVOD_CONTRACT)
+    run = Experiment(ws, "dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        distributed_job_config=MpiConfiguration(process_count_per_node=3)))
+    assert run.wait_for_completion(timeout=150)["status"] == "Completed"
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    assert all(f"[rank {r}] hvd-contract rank={r} local={r}/3 cross=0/1" in log
+               for r in range(3))

@@ -8,7 +8,13 @@ import time
 import pytest
 from conftest import BASE_IMAGE, write_script
 
-from prefect_mltrain import Environment, Experiment, ScriptRunConfig
+from prefect_mltrain import (
+    Environment,
+    Experiment,
+    MpiConfiguration,
+    PyTorchConfiguration,
+    ScriptRunConfig,
+)
 from prefect_mltrain.compute import DockerCompute
 from prefect_mltrain.compute.docker import container_exists_for
 
@@ -156,3 +162,67 @@ def test_unreachable_engine_fails_in_preparing_naming_the_address(ws, tmp_path):
     assert details["status"] == "Failed"
     assert "tcp://127.0.0.1:9" in details["error"] and "Start the engine" in details["error"]
     assert [h["status"] for h in details["status_history"]][-2:] == ["Preparing", "Failed"]
+
+
+# -- distributed: a container per node ----------------------------------------------------------
+
+
+def test_pytorch_contract_with_a_container_per_node(ws, tmp_path, target, docker_engine):
+    from test_distributed import CONTRACT, _contracts
+
+    write_script(tmp_path / "p", "train.py", CONTRACT + "    print('node up', flush=True)\n")
+    run = Experiment(ws, "docker-dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed", details
+    contracts = _contracts(run, tmp_path)
+    assert [(c["RANK"], c["NODE_RANK"], c["LOCAL_RANK"], c["WORLD_SIZE"]) for _, c in
+            sorted(contracts.items())] == [("0", "0", "0", "4"), ("1", "0", "1", "4"),
+                                           ("2", "1", "0", "4"), ("3", "1", "1", "4")]
+    assert len({c["MASTER_PORT"] for c in contracts.values()}) == 1
+    log = run.download_file("logs/std_log_rank3.txt", tmp_path / "l").read_text()
+    assert "node up" in log
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_failing_rank_in_one_container_stops_the_other_node(ws, tmp_path, target,
+                                                            docker_engine):
+    from test_distributed import FAILING_RANK
+
+    write_script(tmp_path / "p", "train.py", FAILING_RANK)
+    run = Experiment(ws, "docker-dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    assert details["status"] == "Failed" and details["exit_code"] == 3
+    assert "rank 1 exited with code 3" in details["error"]
+    assert "rank one gives up: bad shard" in details["log_tail"]
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_mpi_job_with_node_proxies_in_containers(ws, tmp_path, target, docker_engine):
+    from test_distributed import MPI_ALLREDUCE
+
+    write_script(tmp_path / "p", "train.py", MPI_ALLREDUCE)
+    env = Environment("mpi")
+    for package in ("mpi4py==4.1.2", "mpich==5.0.2"):
+        env.python.conda_dependencies.add_pip_package(package)
+    run = Experiment(ws, "docker-dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        environment=env,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=2)))
+    details = run.wait_for_completion(timeout=280)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"allreduce": 10}
+    assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_distributed_jobs_need_host_networking(ws, tmp_path, docker_engine):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "docker-dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DockerCompute(image=BASE_IMAGE),
+        distributed_job_config=PyTorchConfiguration(process_count=2)))
+    details = run.wait_for_completion(timeout=120, raise_on_error=False)
+    assert details["status"] == "Failed" and "network_mode='host'" in details["error"]

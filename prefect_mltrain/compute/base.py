@@ -90,5 +90,5 @@ def resolve_compute_target(target: Any) -> ComputeTarget:
             continue
     raise ComputeTargetUnavailableError(
         f"no compute target named {name!r}: use 'local', save a target first "
-        "(e.g. DockerCompute(...).save('gpu-box')), or check `mltrain compute list`"
+        "(e.g. DockerCompute(...).save('gpu-box')), or list them with `prefect block ls`"
     )

@@ -22,12 +22,11 @@ from typing import Any
 
 from pydantic import Field
 
-from ..distributed import RankPlan, Slot, job_env, mpi_argv, plan_ranks, rank_env
+from ..distributed import RankPlan, Slot, job_env, plan_ranks, rank_env
 from ..errors import ComputeTargetUnavailableError
 from .base import ComputeTarget, Job, LaunchSpec
 from .dask_worker import RankTask, free_port_here, run_rank
-from .gang import GangJob
-from .process import GuardedProcess
+from .gang import GangJob, mpiexec_with_proxies
 
 BEAT_SECONDS = 5.0
 
@@ -54,6 +53,7 @@ class DaskCompute(ComputeTarget):
         "'distributed.LocalCluster' or 'dask_jobqueue.SLURMCluster'.")
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict,
                                            description="Arguments of cluster_class.")
+    connect_timeout_seconds: float = Field(30.0, description="How long to try the scheduler.")
     worker_wait_seconds: float = Field(
         30.0, description="How long to wait for enough workers before failing the run.")
     outputs_of_every_rank: bool = Field(
@@ -72,11 +72,12 @@ class DaskCompute(ComputeTarget):
             if self.cluster_class:
                 module, _, name = self.cluster_class.rpartition(".")
                 cluster = getattr(importlib.import_module(module), name)(**self.cluster_kwargs)
-                return Client(cluster, timeout=30), cluster
+                return Client(cluster, timeout=self.connect_timeout_seconds), cluster
             if self.scheduler_file:
-                return Client(scheduler_file=self.scheduler_file, timeout=30), None
+                return Client(scheduler_file=self.scheduler_file,
+                              timeout=self.connect_timeout_seconds), None
             if self.address:
-                return Client(self.address, timeout=30), None
+                return Client(self.address, timeout=self.connect_timeout_seconds), None
         except Exception as exc:
             if cluster is not None:
                 cluster.close()
@@ -254,17 +255,8 @@ class DaskJob:
         """mpiexec here with the manual launcher; its per-node proxies as worker tasks."""
         nodes = [self.workers[n * self.plan.per_node] for n in range(self.plan.node_count)]
         hosts = [w.split("://")[-1].rsplit(":", 1)[0] for w in nodes]
-        mpiexec = GuardedProcess(mpi_argv(self.plan, self.spec.argv, hosts=hosts, manual=True),
-                                 cwd=self.spec.cwd, env=self.spec.env)
-        proxies, deadline = [], time.monotonic() + 60
-        while "HYDRA_LAUNCH_END" not in proxies:
-            if mpiexec.poll() is not None or time.monotonic() > deadline:
-                out = "\n".join(proxies + mpiexec.finish_output(1))
-                mpiexec.terminate(0)
-                raise ComputeTargetUnavailableError(f"mpiexec did not start: {out[-2000:]}")
-            proxies += [line.strip() for line in mpiexec.read_lines(0.25)]
-        commands = [line.split(":", 1)[1].split() for line in proxies
-                    if line.startswith("HYDRA_LAUNCH:")]
+        mpiexec, commands = mpiexec_with_proxies(self.plan, self.spec.argv, hosts,
+                                                 self.spec.cwd, self.spec.env)
         node_env = {**env, **job_env(self.plan, self.master, self._port_on(nodes[0]),
                                      self.spec.run_id),
                     "MLTRAIN_RANK_ARGV": json.dumps(self.spec.argv)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -12,8 +13,11 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
+from ..distributed import free_port, job_env, plan_ranks
 from ..errors import ComputeTargetUnavailableError
-from .base import ComputeTarget, LaunchSpec
+from .base import ComputeTarget, Job, LaunchSpec
+from .gang import GangJob, mpiexec_with_proxies
+from .local import LOOPBACK
 
 SRC, STAGE, LIB = "/mltrain/src", "/mltrain/stage", "/opt/mltrain/lib"
 RUN_LABEL = "mltrain.run_id"
@@ -107,13 +111,52 @@ class DockerCompute(ComputeTarget):
                     f"image {image!r} is not on the engine and cannot be pulled ({exc}): "
                     "build or load it there, or name a reachable registry") from exc
 
-    def launch(self, spec: LaunchSpec) -> DockerJob:
-        import docker
-
+    def launch(self, spec: LaunchSpec) -> Job:
         client = self.client()
         image = spec.image or self.image
         self.ensure_image(client, image)
-        env = {**spec.portable_env, "MLTRAIN_CONTEXT_DIR": STAGE, "PYTHONPATH": LIB}
+        plan = plan_ranks(spec.distributed)
+        if plan is None:
+            return self._start(client, image, spec, spec.argv, {}, "")
+        if self.network_mode != "host":
+            raise ComputeTargetUnavailableError(
+                "distributed jobs on Docker need network_mode='host' on this compute target "
+                "(the nodes' containers meet on the engine host's addresses)")
+        nodes = range(plan.node_count)
+        if plan.kind == "mpi":  # proxies of an mpiexec on the runner, one container per node
+            hosts = [f"127.0.0.{n + 2}" for n in nodes]
+            mpiexec, commands = mpiexec_with_proxies(plan, spec.argv, hosts, spec.cwd, spec.env)
+            # The nodes share the host's name but not its shared memory: MPI must use TCP.
+            env = {**job_env(plan, LOOPBACK, free_port(), spec.run_id),
+                   "MLTRAIN_RANK_ARGV": json.dumps(spec.argv), "MLTRAIN_RANK_CWD": SRC,
+                   "MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
+            members: dict[str, Job] = {"mpiexec": mpiexec}
+            for n, cmd in zip(nodes, commands, strict=True):
+                members[f"node {n}"] = self._start(
+                    client, image, spec, ["hydra_pmi_proxy", *cmd[1:]], env, f"-node{n}")
+            return GangJob(lambda port: members, essential={"mpiexec"},
+                           self_prefixed=frozenset({"mpiexec"}), retry_port=False)
+
+        def start(port: int) -> dict[str, Job]:  # a node launcher per container
+            tf = [f"{LOOPBACK}:{free_port()}" for _ in plan.slots] \
+                if plan.kind == "tensorflow" else None
+            node_argv = [spec.argv[0], "-m", "prefect_mltrain.node", "--", *spec.argv]
+            return {f"node {n}": self._start(client, image, spec, node_argv, {"MLTRAIN_NODE": (
+                json.dumps({"config": spec.distributed, "node": n, "master_addr": LOOPBACK,
+                            "master_port": port, "run_id": spec.run_id, "tf": tf}))},
+                f"-node{n}-{port}") for n in nodes}
+
+        first_of_node = {s.node_rank for s in plan.slots if s.rank in plan.essential}
+        return GangJob(start, essential={f"node {n}" for n in first_of_node},
+                       self_prefixed=frozenset(f"node {n}" for n in nodes))
+
+    def _start(self, client, image: str, spec: LaunchSpec, argv: list[str],
+               extra_env: dict[str, str], suffix: str) -> DockerJob:
+        """One container of the run, with its folders mounted and its run label."""
+        import docker
+
+        env = {**spec.portable_env, **extra_env, "MLTRAIN_CONTEXT_DIR": STAGE,
+               "PYTHONPATH": LIB}
         volumes = {spec.cwd: {"bind": SRC, "mode": "rw"},
                    spec.stage_dir: {"bind": STAGE, "mode": "rw"},
                    str(Path(__file__).resolve().parents[1]): {
@@ -129,9 +172,9 @@ class DockerCompute(ComputeTarget):
                 count=-1 if self.gpus == "all" else (None if ids else int(self.gpus)),
                 device_ids=ids, capabilities=[["gpu"]])]
         container = client.containers.run(
-            image, spec.argv, detach=True, working_dir=SRC, environment=env, volumes=volumes,
+            image, argv, detach=True, working_dir=SRC, environment=env, volumes=volumes,
             labels={RUN_LABEL: spec.run_id, "mltrain.experiment": spec.experiment},
-            name=f"mltrain-{spec.run_id}"[:120].replace("_", "-"),
+            name=f"mltrain-{spec.run_id}{suffix}"[:120].replace("_", "-"),
             init=self.init, shm_size=self.shm_size, mem_limit=self.mem_limit,
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
             network_mode=self.network_mode, device_requests=gpus,

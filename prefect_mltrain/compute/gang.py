@@ -12,9 +12,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..distributed import FAILURE_MARK, PORT_IN_USE, free_port
-from .base import Job
+from ..distributed import FAILURE_MARK, PORT_IN_USE, RankPlan, free_port, mpi_argv
+from ..errors import ComputeTargetUnavailableError
+from .process import GuardedProcess
+
+if TYPE_CHECKING:  # no Prefect import: the node launcher runs this inside containers
+    from .base import Job
 
 PORT_RETRIES = 3
 PORT_RETRY_WINDOW = 60.0  # seconds after a start in which a port clash is retried
@@ -24,7 +29,8 @@ class GangJob:
     """Members started by ``start(port) -> {label: job}``, labelled ``"rank N"`` (or e.g.
     ``"node N"``); ``self_prefixed`` members print ``[rank N]`` themselves (``mpiexec``
     through the rank launcher). ``essential`` are the members whose successful exit ends
-    the job. With ``retry_port`` a port clash starts every member again on a new port."""
+    the job (none: it runs until stopped). With ``retry_port`` a port clash starts every
+    member again on a new port."""
 
     def __init__(self, start: Callable[[int], dict[str, Job]], *, essential: set[str],
                  self_prefixed: frozenset[str] = frozenset(), port: int | None = None,
@@ -83,7 +89,7 @@ class GangJob:
             self._stop_all(10.0)
             self.code = code
             return code
-        if self.essential <= {r for r, c in self._exited.items() if c == 0}:
+        if self.essential and self.essential <= {r for r, c in self._exited.items() if c == 0}:
             self._stop_all(5.0)  # e.g. parameter servers once the chief is done
             self.code = 0
         return self.code
@@ -120,3 +126,20 @@ class GangJob:
     def close(self) -> None:
         for job in self.members.values():
             job.close()
+
+
+def mpiexec_with_proxies(plan: RankPlan, argv: list[str], hosts: list[str], cwd: str,
+                         env: dict[str, str]) -> tuple[GuardedProcess, list[list[str]]]:
+    """``mpiexec`` here with the manual launcher, and the per-node proxy commands it asks
+    the target to start on ``hosts`` (as tasks on Dask workers, in containers…)."""
+    mpiexec = GuardedProcess(mpi_argv(plan, argv, hosts=hosts, manual=True), cwd=cwd, env=env)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while "HYDRA_LAUNCH_END" not in lines:
+        if mpiexec.poll() is not None or time.monotonic() > deadline:
+            out = "\n".join(lines + mpiexec.finish_output(1))
+            mpiexec.terminate(0)
+            raise ComputeTargetUnavailableError(f"mpiexec did not start: {out[-2000:]}")
+        lines += [line.strip() for line in mpiexec.read_lines(0.25)]
+    return mpiexec, [line.split(":", 1)[1].split() for line in lines
+                     if line.startswith("HYDRA_LAUNCH:")]
