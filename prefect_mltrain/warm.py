@@ -20,6 +20,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from .home import mltrain_home
 
@@ -34,13 +35,24 @@ def _folder() -> Path:
     return folder
 
 
-def _fingerprint() -> list[int]:
+PIP_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf",
+             "~/.pip/pip.conf")
+
+
+def _fingerprint(env: dict[str, str]) -> list[Any]:
+    """What a warm runner has loaded: the package, and pip's settings (read once)."""
     package = Path(__file__).parent
-    return sorted(p.stat().st_mtime_ns for p in package.rglob("*.py"))
+    pip = [(k, v) for k, v in sorted(env.items()) if k.startswith("PIP_")]
+    for name in PIP_FILES:
+        try:
+            pip.append((name, Path(name).expanduser().stat().st_mtime_ns))
+        except OSError:
+            pass
+    return [sorted(p.stat().st_mtime_ns for p in package.rglob("*.py")), pip]
 
 
 def socket_path(env: dict[str, str]) -> Path | None:
-    key = json.dumps([sys.executable, env.get("PREFECT_API_URL", ""), _fingerprint()])
+    key = json.dumps([sys.executable, env.get("PREFECT_API_URL", ""), _fingerprint(env)])
     path = _folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
     return path if len(str(path)) < 100 else None  # AF_UNIX paths are short
 
@@ -125,6 +137,13 @@ def serve(path: Path) -> None:
     if listener is None:
         return
     from . import flows  # noqa: F401 - the expensive import (Prefect), paid once
+    from .environment_build import _pip_config
+
+    _pip_config()  # `pip config list` takes ~0.3 s; its files are part of the warm key
+    try:
+        import docker  # noqa: F401 - 0.2 s, for runs on the Docker target
+    except ImportError:
+        pass
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runners
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -211,10 +211,9 @@ class DaskJob:
         client.subscribe_topic(f"mltrain-{spec.run_id}", self._on_event)
         self.snapshot = client.scatter(_zip_dir(Path(spec.cwd)), broadcast=True,
                                        workers=sorted(set(workers)))
-        host = workers[0].split("://")[-1].rsplit(":", 1)[0]
-        self.master = host
+        self.master = workers[0].split("://")[-1].rsplit(":", 1)[0]  # rank 0's host
         self.workers = workers
-        env = {k: v for k, v in spec.portable_env.items()}
+        env = dict(spec.portable_env)
         if plan.kind == "mpi":
             self.gang = self._start_mpi(env)
         else:
