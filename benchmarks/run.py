@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
-    .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker)
+    .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
+                                                  # dist)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -22,6 +23,10 @@ Benchmarks:
   docker    a no-op run on the Docker target (``DockerCompute``, image cached) vs. ``docker run``
             of the same image and script, interleaved. In the full run only when a Docker
             engine answers and the image exists; otherwise recorded as skipped, with why.
+  dist      4 ranks of a no-op ``torch.distributed`` (gloo) script: ``PyTorchConfiguration`` on
+            local compute and on ``DaskCompute`` (a loopback cluster of 2 hosts × 2 workers)
+            vs. ``torchrun --standalone --nproc-per-node 4`` and the ranks started by hand (the
+            floor); mpi4py under ``MpiConfiguration`` vs. ``mpiexec -n 4``; interleaved.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -29,12 +34,14 @@ Benchmarks:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -837,7 +844,8 @@ def run_containers() -> list[str]:
 
 
 def wait_for_warm_runner(timeout: float = 60.0) -> bool:
-    """Wait until the warm runner of this checkout and server listens on its socket."""
+    """Wait until the warm runner of this checkout and server listens on its socket (with
+    ``timeout=0``: whether one listens now, i.e. whether the next submit will be warm)."""
     from prefect_mltrain import warm
     from prefect_mltrain.server import prefect_env
 
@@ -915,6 +923,325 @@ def bench_docker(reps: int) -> dict[str, Any]:
             "path_costs": costs, "summary": summary}
 
 
+# -- benchmark e: distributed launch -------------------------------------------------------------
+
+
+TORCH_SPEC = "torch==2.13.0"  # the registry's CPU build (a bare `torch` pulls CUDA wheels)
+DIST_RANKS = 4
+# The first line stamps rank 0's start (before any import), the line after the barrier the
+# moment every rank has joined; the script's path is passed as its argument on both sides.
+DDP_PY = '''\
+import os
+import sys
+import time
+
+started = time.time()
+STAMP = sys.argv[1] if len(sys.argv) > 1 else None
+RANK = os.environ.get("RANK", os.environ.get("PMI_RANK", "0"))
+if STAMP and RANK == "0":
+    with open(STAMP, "w") as f:
+        f.write(repr(started))
+
+import torch.distributed as dist  # noqa: E402
+
+dist.init_process_group("gloo")
+dist.barrier()
+if dist.get_rank() == 0:
+    print("noop: hello", flush=True)
+    if STAMP:
+        with open(STAMP + ".joined", "w") as f:
+            f.write(repr(time.time()))
+dist.destroy_process_group()
+'''
+MPI_PY = '''\
+import os
+import sys
+import time
+
+started = time.time()
+STAMP = sys.argv[1] if len(sys.argv) > 1 else None
+RANK = os.environ.get("RANK", os.environ.get("PMI_RANK", "0"))
+if STAMP and RANK == "0":
+    with open(STAMP, "w") as f:
+        f.write(repr(started))
+
+from mpi4py import MPI  # noqa: E402
+
+MPI.COMM_WORLD.Barrier()
+if MPI.COMM_WORLD.Get_rank() == 0:
+    print("noop: hello", flush=True)
+    if STAMP:
+        with open(STAMP + ".joined", "w") as f:
+            f.write(repr(time.time()))
+'''
+# The floor of any launcher (diagnostic): the ranks started at once by a stdlib-only Python
+# with torchrun's variables set by hand; no agent, no rendezvous of its own.
+FLOOR_PY = """\
+import os, socket, subprocess, sys
+python, script, n, *args = sys.argv[1:]
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+n = int(n)
+procs = [subprocess.Popen([python, script, *args], env={
+    **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n),
+    "RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n), "OMP_NUM_THREADS": "1"})
+    for r in range(n)]
+sys.exit(max(p.wait() for p in procs))
+"""
+DIST_PHASES = [  # the same status steps for both targets; README says what each holds
+    ("record + snapshot + git (NotStarted→Queued)", "NotStarted", "Queued"),
+    ("runner process + Prefect flow run (Queued→Preparing)", "Queued", "Preparing"),
+    ("target check + environment lookup (Preparing→Starting)", "Preparing", "Starting"),
+    ("restore snapshot + start the ranks (Starting→Running)", "Starting", "Running"),
+    ("the ranks run, exit, are reaped (Running→Finalizing)", "Running", "Finalizing"),
+    ("final sync + artifacts (Finalizing→Completed)", "Finalizing", "Completed"),
+]
+DIST_SEGMENTS = [  # (label, key): each rep's wall cut at rank 0's two stamps
+    ("submit/spawn → rank 0's first line", "to_script_start"),
+    ("↳ of ours: Running (run record) → rank 0's first line", "running_to_script_start"),
+    ("rank 0's first line → every rank past the barrier", "start_to_joined"),
+    ("barrier → exit / `wait_for_completion()` returns", "joined_to_end"),
+]
+# What a Dask run pays in its forked runner (the warm runner has imported Prefect, not
+# Dask): the client import, and a client connect (check() makes one, launch() another).
+DASK_PATH_PY = """\
+import json, sys, time
+t = time.perf_counter(); from distributed import Client; a = time.perf_counter() - t
+t = time.perf_counter(); c = Client(sys.argv[1], timeout=30); b = time.perf_counter() - t
+t = time.perf_counter(); c.close(); d = time.perf_counter() - t
+print(json.dumps({"import distributed (runner)": a, "Client(address) connect": b,
+                  "Client.close()": d}))
+"""
+TORCH_IMPORT_PY = ("import time; t = time.perf_counter(); import torch.distributed; "
+                   "print(time.perf_counter() - t)")
+
+
+@contextlib.contextmanager
+def loopback_dask_cluster(folder: Path, hosts: int, workers_per_host: int):
+    """A real Dask cluster on loopback "hosts" 127.0.0.2, 127.0.0.3, … (as
+    ``tests/dask_cluster.py``): a scheduler and ``workers_per_host`` workers per host; its
+    address. The workers inherit this process's environment (MLTRAIN_HOME: they find the
+    run's environment already built)."""
+    from distributed import Client
+
+    from prefect_mltrain.distributed import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port("127.0.0.1")
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(VENV_BIN / "dask")
+
+    def start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        with open(folder / f"{name}.log", "wb") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    procs = [start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                    "--no-dashboard"], "scheduler")]
+    try:
+        for h in range(2, hosts + 2):
+            procs.append(start([dask, "worker", address, "--host", f"127.0.0.{h}",
+                                "--nworkers", str(workers_per_host), "--nthreads", "1",
+                                "--no-dashboard", "--local-directory",
+                                str(folder / f"host{h}")], f"host{h}"))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(hosts * workers_per_host, timeout=90)
+        yield address
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def with_segments(rec: dict[str, Any], stamp: Path, ws: Any = None) -> dict[str, Any]:
+    """``rec`` (of ``submit_and_wait`` / ``run_peer``) cut at rank 0's stamps: start →
+    barrier passed → end; for our runs also the run record's Running → rank 0's start."""
+    started, joined = read_stamp(stamp), read_stamp(Path(f"{stamp}.joined"))
+    if not rec.get("ok") or started is None or rec.get("to_script_start") is None:
+        return rec
+    t0 = started - rec["to_script_start"]
+    if joined is not None:
+        rec["start_to_joined"] = joined - started
+        rec["joined_to_end"] = rec["wall"] - (joined - t0)
+    if ws is not None and rec.get("run_id"):
+        from prefect_mltrain import Experiment
+        from prefect_mltrain.run import Run
+
+        record = Run(Experiment(ws, "dist"), rec["run_id"]).get_details()
+        times = {e["status"]: e["time"] for e in record.get("status_history") or []}
+        if "Running" in times:
+            rec["running_to_script_start"] = started - times["Running"]
+    return rec
+
+
+def dask_placement(ws: Any, run_id: str) -> dict[str, str]:
+    """Rank → host of a Dask run, from the first line of its log."""
+    import re
+
+    from prefect_mltrain import Experiment
+    from prefect_mltrain.run import Run
+
+    dest = WORK / "dist" / f"placement-{run_id}"
+    log_text = Run(Experiment(ws, "dist"), run_id).download_file("logs/std_log.txt",
+                                                                  dest).read_text()
+    return dict(re.findall(r"rank (\d+) on tcp://([\d.]+):\d+", log_text.split("\n", 1)[0]))
+
+
+def bench_dist(reps: int) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    from prefect_mltrain import (
+        Environment,
+        Experiment,
+        MpiConfiguration,
+        PyTorchConfiguration,
+        ScriptRunConfig,
+        Workspace,
+    )
+    from prefect_mltrain import environment_build as eb
+    from prefect_mltrain.compute import DaskCompute
+    from prefect_mltrain.environment import CondaDependencies
+
+    root = WORK / "dist"
+    shutil.rmtree(root, ignore_errors=True)
+    proj = make_noop_project(root)  # a clean git repository; both scripts are added below
+    (proj / "noop_ddp.py").write_text(DDP_PY)
+    (proj / "noop_mpi.py").write_text(MPI_PY)
+    for cmd in (["add", "-A"], ["-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                                "-c", "commit.gpgsign=false", "commit", "-q", "-m", "dist"]):
+        subprocess.run(["git", *cmd], cwd=proj, check=True, timeout=60, capture_output=True)
+    ws = Workspace(str(root / "ws"))
+    exp = Experiment(ws, "dist")
+    stamp = root / "stamp.txt"
+    joined = Path(f"{stamp}.joined")
+
+    # The torch environment, built once and untimed; the peer uses its own torchrun.
+    env = Environment("torch-cpu")
+    env.python.conda_dependencies = CondaDependencies.create(pip_packages=[TORCH_SPEC])
+    eb.RESOLVE_TIMEOUT_SECONDS = eb.INSTALL_TIMEOUT_SECONDS = ENV_TIMEOUT
+    t = time.perf_counter()
+    built = eb.build_environment(env)
+    env_build = {"seconds": time.perf_counter() - t, "cached": built.cached,
+                 "interpreter": built.interpreter}
+    log(f"torch environment {built.interpreter} ({env_build['seconds']:.1f} s, "
+        f"cached={built.cached}, not timed)")
+    torch_bin = Path(built.interpreter).parent
+    torch_version = subprocess.run(
+        [built.interpreter, "-c", "import torch; print(torch.__version__)"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=WORK).stdout.strip()
+    mpich = subprocess.run([str(VENV_BIN / "mpiexec"), "--version"], capture_output=True,
+                           text=True, timeout=60).stdout
+    mpich_version = next((line.split(":", 1)[1].strip() for line in mpich.splitlines()
+                          if line.strip().startswith("Version:")), None)
+    server_start = start_server()
+
+    def torch_config(**kwargs: Any) -> Any:
+        return ScriptRunConfig(
+            source_directory=str(proj), script="noop_ddp.py", arguments=[str(stamp)],
+            environment=env, distributed_job_config=PyTorchConfiguration(
+                communication_backend="gloo", process_count=DIST_RANKS,
+                node_count=kwargs.pop("node_count", 1)), **kwargs)
+
+    local_torch = torch_config()
+    mpi_config = ScriptRunConfig(
+        source_directory=str(proj), script="noop_mpi.py", arguments=[str(stamp)],
+        distributed_job_config=MpiConfiguration(process_count_per_node=DIST_RANKS))
+
+    def ours(config: Any) -> Callable[[], dict[str, Any]]:
+        def variant() -> dict[str, Any]:
+            joined.unlink(missing_ok=True)
+            # A warm runner of the current library files, or a cold rep (see versions)
+            warm_runner = wait_for_warm_runner(timeout=0)
+            rec = submit_and_wait(exp, config, stamp, DIST_PHASES)
+            return {**with_segments(rec, stamp, ws), "warm_runner": warm_runner}
+        return variant
+
+    def peer(argv: list[str]) -> Callable[[], dict[str, Any]]:
+        def variant() -> dict[str, Any]:
+            joined.unlink(missing_ok=True)
+            return with_segments(run_peer(argv, stamp, cwd=proj), stamp)
+        return variant
+
+    torchrun = peer([str(torch_bin / "torchrun"), "--standalone", "--nproc-per-node",
+                     str(DIST_RANKS), "noop_ddp.py", str(stamp)])
+    (root / "floor.py").write_text(FLOOR_PY)
+    floor = peer([str(VENV_BIN / "python"), str(root / "floor.py"), built.interpreter,
+                  "noop_ddp.py", str(DIST_RANKS), str(stamp)])
+    mpiexec = peer([str(VENV_BIN / "mpiexec"), "-n", str(DIST_RANKS), str(VENV_BIN / "python"),
+                    "noop_mpi.py", str(stamp)])
+
+    # After a fresh server the first submit runs in a cold runner, which starts the warm one
+    # as it exits: wait for that before the warm-ups (as in d).
+    first = try_rep(ours(local_torch))
+    log(f"first submit (local, torch): {first.get('wall', float('nan')):.2f} s "
+        f"ok={first['ok']}, warm runner listening: {wait_for_warm_runner()}"
+        + ("" if first["ok"] else f"\n{first['error']}"))
+    hosts, per_host = 2, DIST_RANKS // 2
+    t = time.perf_counter()
+    with loopback_dask_cluster(root / "dask", hosts, per_host) as address:
+        cluster_start = time.perf_counter() - t
+        log(f"Dask cluster at {address}: {hosts} hosts × {per_host} workers "
+            f"({cluster_start:.1f} s, not timed)")
+        dask_torch = torch_config(node_count=hosts,
+                                  compute_target=DaskCompute(address=address))
+        torch_warmup, torch_raw = interleaved(
+            {"ours_local": ours(local_torch), "torchrun": torchrun,
+             "ours_dask": ours(dask_torch), "floor": floor}, reps)
+        mpi_warmup, mpi_raw = interleaved({"ours_mpi": ours(mpi_config), "mpiexec": mpiexec},
+                                          reps)
+        placement: dict[str, Any] = {}
+        last_dask = next((r for r in reversed(torch_raw["ours_dask"]) if r["ok"]), None)
+        if last_dask:
+            try:
+                placement = dask_placement(ws, last_dask["run_id"])
+            except Exception as exc:  # a check below says so
+                placement = {"error": str(exc)}
+        costs: dict[str, list[float]] = {}
+        for _ in range(min(reps, 5)):  # untimed diagnostics, after the reps
+            out = subprocess.run([sys.executable, "-c", DASK_PATH_PY, address],
+                                 capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=WORK)
+            if out.returncode == 0:
+                for label, value in json.loads(out.stdout).items():
+                    costs.setdefault(label, []).append(value)
+            out = subprocess.run([built.interpreter, "-c", TORCH_IMPORT_PY],
+                                 capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=WORK)
+            if out.returncode == 0:
+                label = "import torch.distributed (each rank; torchrun's agent too)"
+                costs.setdefault(label, []).append(float(out.stdout.split()[-1]))
+    raw = {**torch_raw, **mpi_raw}
+    warmup = {**torch_warmup, **mpi_warmup}
+    summary: dict[str, Any] = {}
+    for name, recs in raw.items():
+        summary[name] = summarize_runs(recs, DIST_PHASES if name.startswith("ours") else None)
+        summary[name]["segments"] = {key: summarize([r[key] for r in recs if r["ok"]
+                                                     and r.get(key) is not None])
+                                     for _, key in DIST_SEGMENTS}
+    summary["ratios"] = {f"{name}_vs_{peer_name}": {
+        key: ratio(summary[name][key]["median"], summary[peer_name][key]["median"])
+        for key in ("wall", "to_script_start")}
+        for name, peer_name in (("ours_local", "torchrun"), ("ours_dask", "torchrun"),
+                                ("ours_mpi", "mpiexec"), ("ours_local", "floor"),
+                                ("ours_dask", "floor"), ("torchrun", "floor"))}
+    summary["path_costs"] = {label: summarize(v) for label, v in costs.items()}
+    shutil.rmtree(root, ignore_errors=True)
+    return {"reps": reps, "ranks": DIST_RANKS, "torch": torch_version,
+            "mpich": mpich_version, "dask": md.version("distributed"),
+            "mpi4py": md.version("mpi4py"), "dask_cluster": {
+                "hosts": hosts, "workers_per_host": per_host, "node_count": hosts,
+                "start_seconds": cluster_start},
+            "environment_build": env_build, "server_start_seconds": server_start,
+            "first_submit": first, "dask_placement": placement, "warmup": warmup,
+            "raw": raw, "path_costs": costs, "summary": summary}
+
+
 # -- checks and report ---------------------------------------------------------------------
 
 
@@ -988,6 +1315,15 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
               f"{img['tag']}: {img['timed_cache_hits']} hits of {s['ours']['wall']['n']}")
         check("docker: no container labelled mltrain.run_id left", not dock["containers_left"],
               " ".join(dock["containers_left"]) or "none")
+    dist = results.get("dist")
+    if dist:
+        for name, recs in dist["raw"].items():
+            check(f"dist {name}: every rep succeeded", dist["summary"][name]["failures"] == 0
+                  and bool(recs), f"{dist['summary'][name]['failures']} failed of {len(recs)}")
+        hosts = dist.get("dask_placement") or {}
+        check("dist ours_dask: 2 ranks on each of 2 hosts",
+              [hosts.get(str(r)) for r in range(4)].count(None) == 0
+              and hosts["0"] == hosts["1"] != hosts["2"] == hosts["3"], str(hosts))
     for name in BENCHMARKS:
         if results.get(f"{name}_error"):
             check(f"{name} benchmark ran", False, results[f"{name}_error"].splitlines()[-1])
@@ -1177,6 +1513,60 @@ def report(results: dict[str, Any]) -> str:
                   + f"; cached in {img['timed_cache_hits']} of {s['ours']['wall']['n']} timed "
                   f"reps. Containers labelled `mltrain.run_id` left afterwards: "
                   f"{len(dock['containers_left'])}. Docker engine {dock['engine']}.", ""]
+    dist = results.get("dist")
+    if dist:
+        s, cl = dist["summary"], dist["dask_cluster"]
+        lines += [f"### e. Distributed launch: {dist['ranks']} ranks of a no-op ({dist['reps']} "
+                  "interleaved reps each, seconds)", "",
+                  "| measurement | median | min | max | ours / peer (medians) |",
+                  "|---|---:|---:|---:|---:|"]
+        rows = [("`PyTorchConfiguration`, local compute, wall", "ours_local", "torchrun"),
+                (f"`PyTorchConfiguration`, `DaskCompute` ({cl['hosts']} hosts × "
+                 f"{cl['workers_per_host']} workers), wall", "ours_dask", "torchrun"),
+                (f"peer: `torchrun --standalone --nproc-per-node {dist['ranks']}`, wall",
+                 "torchrun", None),
+                ("`MpiConfiguration` (mpi4py), local compute, wall", "ours_mpi", "mpiexec"),
+                (f"peer: `mpiexec -n {dist['ranks']} python`, wall", "mpiexec", None)]
+        for label, name, peer_name in rows:
+            r = s["ratios"][f"{name}_vs_{peer_name}"]["wall"] if peer_name else 1.0
+            lines.append(_row(label, s[name]["wall"], _x(r)))
+        lines += ["", f"Against the floor (diagnostic: the {dist['ranks']} ranks started at once "
+                  "by a stdlib-only Python with torchrun's variables, no agent; seconds):", "",
+                  "| measurement | median | min | max | / floor (medians) |",
+                  "|---|---:|---:|---:|---:|"]
+        for label, name in (("floor: the ranks alone, wall", "floor"),
+                            ("ours, local compute", "ours_local"), ("ours, Dask", "ours_dask"),
+                            ("`torchrun`", "torchrun")):
+            r = 1.0 if name == "floor" else s["ratios"][f"{name}_vs_floor"]["wall"]
+            lines.append(_row(label, s[name]["wall"], _x(r)))
+        names = ["ours_local", "ours_dask", "torchrun", "floor", "ours_mpi", "mpiexec"]
+        lines += ["", "Each rep cut at rank 0's first line and at the barrier (medians, "
+                  "seconds):", "",
+                  "| segment | local | Dask | torchrun | floor | MPI, ours | mpiexec |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, key in DIST_SEGMENTS:
+            lines.append(f"| {label} | " + " | ".join(
+                _s(s[n]["segments"][key]["median"]) for n in names) + " |")
+        lines += ["", "Where our time goes (medians, seconds, from the run record's "
+                  "status_history):", "", "| phase | local | Dask | MPI |", "|---|---:|---:|---:|"]
+        for label in s["ours_local"]["phases"]:
+            lines.append(f"| {label} | " + " | ".join(
+                _s(s[n]["phases"][label]["median"])
+                for n in ("ours_local", "ours_dask", "ours_mpi")) + " |")
+        lines.append("| client notices the end (ended_at → return) | " + " | ".join(
+            _s(s[n]["ended_to_client_exit"]["median"])
+            for n in ("ours_local", "ours_dask", "ours_mpi")) + " |")
+        lines += ["", "Per-process costs (diagnostic, timed in fresh processes; seconds):", "",
+                  "| cost | median | min | max |", "|---|---:|---:|---:|"]
+        lines += [_row(label, st) for label, st in s["path_costs"].items()]
+        cold = {n: sum(not r.get("warm_runner", True) for r in dist["raw"][n] if r["ok"])
+                for n in ("ours_local", "ours_dask", "ours_mpi")}
+        lines += ["", "Timed reps of ours that found no warm runner of the current library "
+                  "files (a cold runner: library edited during the run): "
+                  + ", ".join(f"{n} {c}" for n, c in cold.items()) + "."]
+        lines += ["", f"torch {dist['torch']} (gloo), mpi4py {dist['mpi4py']} on MPICH "
+                  f"{dist['mpich']}, dask/distributed {dist['dask']}; Dask ranks placed "
+                  f"{dist['dask_placement']}.", ""]
     bad = [c for c in results["checks"] if not c["ok"]]
     lines.append("Checks: " + ("all passed" if not bad else
                                "FAILED: " + "; ".join(f"{c['check']} ({c['detail']})"
@@ -1187,7 +1577,7 @@ def report(results: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-BENCHMARKS = ("noop", "snapshot", "env", "docker")
+BENCHMARKS = ("noop", "snapshot", "env", "docker", "dist")
 RUN_META = ("date", "mode", "machine", "versions", "elapsed_seconds")
 
 
@@ -1258,6 +1648,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"prefect": prefect.__version__, **checkout_info()},
     }
     noop_reps = 3 if args.quick else 7
+    dist_reps = 3 if args.quick else 5
     env_reps = 2 if args.quick else 5
     snap_reps, cold_reps, change_reps = (3, 1, 2) if args.quick else (5, 3, 3)
     started = time.perf_counter()
@@ -1299,6 +1690,14 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:
                     results["docker_error"] = "".join(traceback.format_exception(exc))
                     log(f"Docker benchmark failed:\n{results['docker_error']}")
+        if args.only in (None, "dist"):
+            try:
+                if args.only:
+                    fresh_server()
+                results["dist"] = bench_dist(dist_reps)
+            except Exception as exc:
+                results["dist_error"] = "".join(traceback.format_exception(exc))
+                log(f"distributed launch benchmark failed:\n{results['dist_error']}")
     finally:
         if not args.keep_server:
             stop_server()
