@@ -1,8 +1,8 @@
-"""Deployable entry point: the ``submit_run`` flow of prefect-mltrain.
+"""Deployable entry point: the ``submit-run`` flow of prefect-mltrain, one run per flow run.
 
-Deploy it with ``deployments/prefect.yaml``; a run triggered from the UI takes the
-experiment name and a ``ScriptRunConfig`` form (source_directory must exist on the
-worker's machine).
+Deployed by ``deployments/prefect.yaml`` (and, per compute target, by ``mltrain compute
+create``). A run triggered from the UI takes the experiment name and a ``ScriptRunConfig``
+form; its ``source_directory`` must exist on the worker's machine.
 """
 
 from prefect_mltrain.flows import submit_run

@@ -1,208 +1,442 @@
-"""``mltrain``: submit runs and look after them from a terminal."""
+"""``mltrain``: submit runs, follow them, and manage compute targets from a terminal.
+
+Every command takes ``--workspace URL`` (default: ``mltrain.json`` found upwards, else
+``./.mltrain``) and ``--json`` (one JSON document on stdout, for scripts). Exit codes:
+0 success, 1 the run ended Failed or Canceled, 2 bad input or an unusable target/store.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import json as jsonlib
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from cyclopts import App, Parameter
 
 from .errors import MLTrainError, WorkspaceError
-from .workspace import Workspace
 
 
-def _workspace(args: argparse.Namespace) -> Workspace:
-    if args.workspace:
-        return Workspace(args.workspace)
+@Parameter(name="*")
+@dataclass
+class Common:
+    workspace: str | None = None
+    "Workspace URL (default: mltrain.json found upwards, else ./.mltrain)."
+    json: bool = False
+    "Print one JSON document (for scripts) instead of text."
+
+
+app = App(name="mltrain", version_flags=[],
+          help="Submit training runs, follow them, and manage compute targets.")
+runs_app = App(name="runs", help="List and inspect runs.")
+compute_app = App(name="compute", help="Compute targets: a saved block, a work pool and a "
+                                       "deployment of submit-run each.")
+env_app = App(name="env", help="Environments: list the curated and registered ones, build one.")
+server_app = App(name="server", help="The embedded local Prefect server.")
+for sub in (runs_app, compute_app, env_app, server_app):
+    app.command(sub)
+
+_NO_COMMON = Common()
+
+
+def _workspace(common: Common):
+    from .workspace import Workspace
+
+    if common.workspace:
+        return Workspace(common.workspace)
     try:
         return Workspace.from_config()
     except WorkspaceError:
         return Workspace()
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=1, default=str) if args.json else text)
+def _emit(common: Common, data: Any, text: str) -> None:
+    print(jsonlib.dumps(data, indent=1, default=str) if common.json else text)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _environment(spec: str, ws: Any):
+    """``requirements.txt`` | ``environment.yml`` | a curated or registered name."""
+    from .environment import Environment
+
+    path = Path(spec)
+    if path.suffix in (".yml", ".yaml"):
+        return Environment.from_conda_specification(path.stem, path)
+    if path.suffix == ".txt" or path.is_file():
+        return Environment.from_pip_requirements(path.stem, path)
+    return Environment.get(ws, spec)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+@app.command
+def submit(source_directory: str, script: str, *arguments: str,
+           compute: Annotated[str, Parameter(alias="-c")] = "local",
+           env: str | None = None,
+           experiment: Annotated[str, Parameter(alias="-e")] = "default",
+           tag: Annotated[tuple[str, ...], Parameter(alias="-t")] = (),
+           max_run_duration_seconds: int | None = None,
+           wait: bool = True, common: Common = _NO_COMMON) -> int:
+    """Submit SCRIPT in SOURCE_DIRECTORY as a run; arguments after ``--`` go to the script.
+
+    Parameters
+    ----------
+    source_directory
+        The project folder (captured as the run's snapshot).
+    script
+        The entry script, relative to the project folder.
+    arguments
+        Arguments for the script (put them after ``--``).
+    compute
+        Compute target: ``local`` or a name from ``mltrain compute list``.
+    env
+        Environment: a requirements.txt, a conda environment.yml, or a curated/registered name.
+    experiment
+        Experiment the run belongs to.
+    tag
+        ``key=value`` tag of the run; repeatable.
+    max_run_duration_seconds
+        Cancel the run after this many seconds.
+    wait
+        Follow the run's output until it ends (``--no-wait``: print its id and return).
+    """
     from .config import ScriptRunConfig
     from .experiment import Experiment
 
-    tags = dict(t.split("=", 1) for t in args.tag)
-    config = ScriptRunConfig(source_directory=args.source_directory, script=args.script,
-                             arguments=args.arguments,
-                             max_run_duration_seconds=args.max_run_duration_seconds)
-    run = Experiment(_workspace(args), args.experiment).submit(config, tags=tags)
-    if not args.wait:
-        _print(args, {"run_id": run.id}, run.id)
+    bad = [t for t in tag if "=" not in t]
+    if bad:
+        raise MLTrainError(f"tags are key=value, not {bad[0]!r}")
+    ws = _workspace(common)
+    config = ScriptRunConfig(
+        source_directory=source_directory, script=script, arguments=list(arguments),
+        compute_target=compute, environment=_environment(env, ws) if env else None,
+        max_run_duration_seconds=max_run_duration_seconds)
+    run = Experiment(ws, experiment).submit(config, tags=dict(t.split("=", 1) for t in tag))
+    if not wait:
+        _emit(common, {"run_id": run.id, "status": run.get_status()}, run.id)
         return 0
-    details = run.wait_for_completion(show_output=not args.json, raise_on_error=False)
-    if args.json:
-        _print(args, details, "")
+    details = run.wait_for_completion(show_output=not common.json, raise_on_error=False)
+    if common.json:
+        _emit(common, details, "")
     return 0 if details["status"] == "Completed" else 1
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Copy the demo project to ./mltrain-demo and run it on the embedded default."""
+@app.command
+def demo(common: Common = _NO_COMMON) -> int:
+    """Copy the demo project to ./mltrain-demo and run it on local compute."""
     project = Path("mltrain-demo")
     project.mkdir(exist_ok=True)
     shutil.copy(Path(__file__).parent / "demo" / "train.py", project / "train.py")
-    args.source_directory, args.script, args.arguments = str(project), "train.py", ["--alpha", "0.1"]
-    args.experiment, args.tag, args.wait = "demo", ["kind=ridge"], True
-    args.max_run_duration_seconds = 600
-    code = cmd_submit(args)
-    if code == 0 and not args.json:
+    code = submit(str(project), "train.py", "--alpha", "0.1", experiment="demo",
+                  tag=("kind=ridge",), max_run_duration_seconds=600, common=common)
+    if code == 0 and not common.json:
         print("\nNext: `mltrain runs list`, `mltrain runs show <id>`, "
               "`mltrain download <id> --prefix outputs/`")
     return code
 
 
-def cmd_runs_list(args: argparse.Namespace) -> int:
+@runs_app.command(name="list")
+def runs_list(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
+              limit: int = 50, common: Common = _NO_COMMON) -> int:
+    """List runs, newest first.
+
+    Parameters
+    ----------
+    experiment
+        Only this experiment's runs.
+    limit
+        At most this many runs per experiment.
+    """
     from .experiment import Experiment
 
-    ws = _workspace(args)
-    names = [args.experiment] if args.experiment else ws.list_experiments()
+    ws = _workspace(common)
     rows = []
-    for name in names:
-        for run in Experiment(ws, name).get_runs()[: args.limit]:
+    for name in [experiment] if experiment else ws.list_experiments():
+        for run in Experiment(ws, name).get_runs()[:limit]:
             record = run._record
             rows.append({"run_id": run.id, "experiment": name, "status": record["status"],
                          "created_at": record.get("created_at")})
     rows.sort(key=lambda r: r["created_at"] or 0, reverse=True)
     text = "\n".join(f"{r['run_id']:<48} {r['status']:<11} {r['experiment']}" for r in rows)
-    _print(args, rows, text or "no runs yet")
+    _emit(common, rows, text or "no runs yet")
     return 0
 
 
-def cmd_runs_show(args: argparse.Namespace) -> int:
+@runs_app.command(name="show")
+def runs_show(run_id: str, common: Common = _NO_COMMON) -> int:
+    """Show a run: status, exit code, error, metrics and files."""
     from .run import Run
 
-    run = Run.get(_workspace(args), args.run_id)
-    details = run.get_details()
-    details["metrics"] = run.get_metrics()
-    details["files"] = run.get_file_names()
-    keys = ("run_id", "status", "exit_code", "error", "snapshot_id", "flow_run_url", "tags",
-            "metrics", "files")
-    _print(args, details, "\n".join(f"{k}: {details.get(k)}" for k in keys))
+    run = Run.get(_workspace(common), run_id)
+    details = {**run.get_details(), "metrics": run.get_metrics(), "files": run.get_file_names()}
+    keys = ("run_id", "status", "exit_code", "error", "snapshot_id", "compute_target",
+            "flow_run_url", "tags", "metrics", "files")
+    _emit(common, details, "\n".join(f"{k}: {details.get(k)}" for k in keys))
     return 0
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+@app.command
+def logs(run_id: str, follow: Annotated[bool, Parameter(alias="-f")] = False,
+         common: Common = _NO_COMMON) -> int:
+    """Print a run's output (``--follow``: until the run ends)."""
     from .run import Run
     from .watch import LogFollower, follow_run
 
-    run = Run.get(_workspace(args), args.run_id)
-    if args.follow:
-        follow_run(run, show_output=True)
-    else:
-        for line in LogFollower(run).new_lines():
-            print(line)
+    run = Run.get(_workspace(common), run_id)
+    if follow:
+        record = follow_run(run, show_output=True)
+        return 0 if record["status"] == "Completed" else 1
+    lines = LogFollower(run).new_lines()
+    _emit(common, lines, "\n".join(lines))
     return 0
 
 
-def cmd_download(args: argparse.Namespace) -> int:
+@app.command
+def download(run_id: str, name: str | None = None, prefix: str = "outputs/",
+             output_directory: Annotated[str, Parameter(alias="-o")] = ".",
+             common: Common = _NO_COMMON) -> int:
+    """Download one file of a run (NAME), or every file under ``--prefix``.
+
+    Parameters
+    ----------
+    name
+        One stored file, e.g. ``outputs/model.pkl``; saved under the same relative path.
+    prefix
+        Without NAME: download every file whose name starts with this.
+    output_directory
+        Folder to download into.
+    """
     from .run import Run
 
-    run = Run.get(_workspace(args), args.run_id)
-    paths = run.download_files(prefix=args.prefix, output_directory=args.output_directory)
-    _print(args, [str(p) for p in paths], "\n".join(str(p) for p in paths))
+    run = Run.get(_workspace(common), run_id)
+    if name:
+        paths = [run.download_file(name, Path(output_directory) / name)]
+    else:
+        paths = run.download_files(prefix=prefix, output_directory=output_directory,
+                                   progress=_tty() and not common.json)
+    _emit(common, [str(p) for p in paths], "\n".join(str(p) for p in paths))
     return 0
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
+@app.command
+def cancel(run_id: str, common: Common = _NO_COMMON) -> int:
+    """Ask a run to stop: its script (every rank, every container) is killed, outputs kept."""
     from .run import Run
 
-    Run.get(_workspace(args), args.run_id).cancel()
-    _print(args, {"run_id": args.run_id, "cancel_requested": True}, "cancel requested")
+    run = Run.get(_workspace(common), run_id)
+    run.cancel()
+    status = run.get_status()
+    _emit(common, {"run_id": run_id, "cancel_requested": True, "status": status},
+          f"cancel requested ({status})")
     return 0
 
 
-def cmd_server(args: argparse.Namespace) -> int:
-    from . import server
-
-    if args.action == "start":
-        info = server.ensure_server()
-    elif args.action == "stop":
-        info = {"stopped": server.stop_server()}
-    else:
-        info = server.running_server() or {"running": False}
-    _print(args, info, json.dumps(info))
-    return 0
-
-
-def cmd_snapshot_preview(args: argparse.Namespace) -> int:
+@app.command
+def snapshot(source_directory: str, common: Common = _NO_COMMON) -> int:
+    """Preview what a submit would capture from SOURCE_DIRECTORY (after ignore files)."""
     from .snapshot import preview_snapshot
 
-    files = preview_snapshot(args.source_directory)
+    files = preview_snapshot(source_directory)
     total = sum(size for _, size in files)
-    _print(args, files, "\n".join(f"{size:>12}  {name}" for name, size in files)
-           + f"\n{len(files)} files, {total} bytes")
+    _emit(common, files, "\n".join(f"{size:>12}  {name}" for name, size in files)
+          + f"\n{len(files)} files, {total} bytes")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mltrain", description=__doc__)
-    parser.add_argument("--workspace", help="workspace URL (default: mltrain.json or ./.mltrain)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- compute targets ----------------------------------------------------------------------------
 
-    p = sub.add_parser("submit", help="submit a training script")
-    p.add_argument("source_directory")
-    p.add_argument("script")
-    p.add_argument("arguments", nargs=argparse.REMAINDER, help="arguments for the script")
-    p.add_argument("-e", "--experiment", default="default")
-    p.add_argument("-t", "--tag", action="append", default=[], help="key=value")
-    p.add_argument("--max-run-duration-seconds", type=int)
-    p.add_argument("--no-wait", dest="wait", action="store_false")
-    p.set_defaults(func=cmd_submit)
 
-    sub.add_parser("demo", help="run the demo project on local compute").set_defaults(
-        func=cmd_demo)
+@compute_app.command(name="create")
+def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local",
+                   base_url: str | None = None, image: str | None = None,
+                   network_mode: str | None = None, shm_size: str | None = None,
+                   mem_limit: str | None = None, cpus: float | None = None,
+                   gpus: str | None = None, address: str | None = None,
+                   scheduler_file: str | None = None, cluster_class: str | None = None,
+                   cluster_kwargs: str | None = None, concurrency_limit: int | None = None,
+                   common: Common = _NO_COMMON) -> int:
+    """Create or update a compute target: its block, work pool NAME and deployment
+    ``submit-run/NAME``. Then start a worker where the target lives:
+    ``prefect worker start --pool NAME``.
 
-    runs = sub.add_parser("runs", help="list or show runs").add_subparsers(dest="action",
-                                                                          required=True)
-    p = runs.add_parser("list")
-    p.add_argument("-e", "--experiment")
-    p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=cmd_runs_list)
-    p = runs.add_parser("show")
-    p.add_argument("run_id")
-    p.set_defaults(func=cmd_runs_show)
+    Parameters
+    ----------
+    name
+        Name of the target, its work pool and its deployment.
+    type
+        Kind of target.
+    base_url
+        docker: engine address, e.g. unix:///var/run/docker.sock.
+    image
+        docker: image of runs whose environment names none.
+    network_mode
+        docker: e.g. host.
+    shm_size
+        docker: size of /dev/shm, e.g. 2g.
+    mem_limit
+        docker: memory limit, e.g. 8g.
+    cpus
+        docker: CPU limit in cores.
+    gpus
+        docker: 'all', a count, or device ids.
+    address
+        dask: scheduler address, e.g. tcp://10.0.0.5:8786.
+    scheduler_file
+        dask: a scheduler file (dask-mpi, dask-jobqueue).
+    cluster_class
+        dask: a cluster class created per run, e.g. distributed.LocalCluster.
+    cluster_kwargs
+        dask: JSON keyword arguments of the cluster class.
+    concurrency_limit
+        At most this many runs at once on this target (the work pool's limit).
+    """
+    from .pools import create_target, target_from_options
+    from .server import using_server
 
-    p = sub.add_parser("logs", help="print a run's output")
-    p.add_argument("run_id")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.set_defaults(func=cmd_logs)
+    settings = {k: v for k, v in {
+        "base_url": base_url, "image": image, "network_mode": network_mode,
+        "shm_size": shm_size, "mem_limit": mem_limit, "cpus": cpus, "gpus": gpus,
+        "address": address, "scheduler_file": scheduler_file, "cluster_class": cluster_class,
+        "cluster_kwargs": _json_option("--cluster-kwargs", cluster_kwargs),
+    }.items() if v is not None}
+    target = target_from_options(type, settings)
+    with using_server():
+        info = create_target(name, target, concurrency_limit=concurrency_limit)
+    verb = "created" if info["created"] else "updated"
+    _emit(common, info, f"{verb} compute target {name!r} ({info['type']}): work pool {name!r}, "
+          f"deployment {info['deployment']!r}\nstart its worker with: "
+          f"prefect worker start --pool {name}")
+    return 0
 
-    p = sub.add_parser("download", help="download a run's files")
-    p.add_argument("run_id")
-    p.add_argument("--prefix", default="outputs/")
-    p.add_argument("-o", "--output-directory", default=".")
-    p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("cancel", help="cancel a run")
-    p.add_argument("run_id")
-    p.set_defaults(func=cmd_cancel)
+def _json_option(flag: str, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return jsonlib.loads(value)
+    except ValueError as exc:
+        raise MLTrainError(f"{flag} must be JSON, e.g. '{{\"n_workers\": 4}}': {exc}") from None
 
-    p = sub.add_parser("server", help="the embedded local Prefect server")
-    p.add_argument("action", choices=["start", "stop", "status"])
-    p.set_defaults(func=cmd_server)
 
-    p = sub.add_parser("snapshot", help="preview what a submit would capture")
-    p.add_argument("source_directory")
-    p.set_defaults(func=cmd_snapshot_preview)
-    return parser
+@compute_app.command(name="list")
+def compute_list(common: Common = _NO_COMMON) -> int:
+    """List compute targets with their work pools."""
+    from .pools import list_targets
+    from .server import using_server
+
+    with using_server():
+        rows = list_targets()
+    text = "\n".join(f"{r['name']:<24} {r['type']:<24} {r['work_pool'] or '-'}" for r in rows)
+    _emit(common, rows, f"{'NAME':<24} {'TYPE':<24} WORK POOL\n{text}")
+    return 0
+
+
+@compute_app.command(name="delete")
+def compute_delete(name: str, common: Common = _NO_COMMON) -> int:
+    """Delete a compute target's deployment, work pool and block."""
+    from .pools import delete_target
+    from .server import using_server
+
+    with using_server():
+        done = delete_target(name)
+    _emit(common, {"name": name, "deleted": done},
+          f"deleted {', '.join(k for k, v in done.items() if v)} of {name!r}")
+    return 0
+
+
+# -- environments -------------------------------------------------------------------------------
+
+
+@env_app.command(name="list")
+def env_list(common: Common = _NO_COMMON) -> int:
+    """List curated and registered environments (latest versions)."""
+    from .environment import Environment
+
+    rows = [{"name": name, "version": env.version, "hash": env.spec_hash()[:12],
+             "packages": env.python.conda_dependencies.pip_packages}
+            for name, env in Environment.list(_workspace(common)).items()]
+    text = "\n".join(f"{r['name']:<28} v{r['version'] or '-':<4} {r['hash']}  "
+                     f"{' '.join(r['packages'])[:80]}" for r in rows)
+    _emit(common, rows, text)
+    return 0
+
+
+@env_app.command(name="build")
+def env_build(spec: str, common: Common = _NO_COMMON) -> int:
+    """Build an environment (or find it cached): a requirements.txt, an environment.yml,
+    or a curated/registered name."""
+    from .environment_build import build_environment
+
+    env = _environment(spec, _workspace(common))
+    if _tty() and not common.json:
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"building {env.name}") as status:
+            built = build_environment(env, on_line=lambda line: status.update(
+                f"building {env.name}: {line[:100]}"))
+    else:
+        built = build_environment(env)
+    info = {"name": env.name, **built.record()}
+    _emit(common, info, f"{env.name}: {built.interpreter} ("
+          + ("cached" if built.cached else f"built in {built.build_seconds:.1f} s") + ")")
+    return 0
+
+
+# -- the embedded server ------------------------------------------------------------------------
+
+
+@server_app.command(name="start")
+def server_start(common: Common = _NO_COMMON) -> int:
+    """Start the embedded Prefect server (SQLite under MLTRAIN_HOME) unless it runs."""
+    from . import server
+
+    info = server.ensure_server()
+    _emit(common, info, f"Prefect server at {info['api_url']} (UI: {info['ui_url']})")
+    return 0
+
+
+@server_app.command(name="stop")
+def server_stop(common: Common = _NO_COMMON) -> int:
+    """Stop the embedded Prefect server and the warm runners."""
+    from . import server
+
+    stopped = server.stop_server()
+    _emit(common, {"stopped": stopped}, "stopped" if stopped else "not running")
+    return 0
+
+
+@server_app.command(name="status")
+def server_status(common: Common = _NO_COMMON) -> int:
+    """Say whether the embedded Prefect server runs, and where."""
+    from . import server
+
+    info = server.running_server() or {"running": False}
+    _emit(common, info, f"running at {info['api_url']}" if "api_url" in info else "not running")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``mltrain``: errors become one line on stderr and exit code 2."""
+    from pydantic import ValidationError
+
     try:
-        return args.func(args)
-    except (MLTrainError, ValueError, FileNotFoundError) as exc:
+        code = app(sys.argv[1:] if argv is None else argv, result_action="return_value")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        print(f"mltrain: error: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
+    except (MLTrainError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"mltrain: error: {exc}", file=sys.stderr)
         return 2
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

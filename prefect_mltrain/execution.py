@@ -109,10 +109,11 @@ class RankLogs:
 
 def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
             max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
-            secrets: list[str] = ()) -> Outcome:
+            secrets: list[str] = (), on_sync: Any = None) -> Outcome:
     """Drive ``job`` to its end; the final sync is the caller's (it must run after any end).
 
-    Values of ``secrets`` are masked in every output line before it is stored or logged.
+    Values of ``secrets`` are masked in every output line before it is stored or logged;
+    ``on_sync()`` is called after each periodic sync.
     The first failing rank of a distributed job stops every rank and fails the run.
     """
     secrets = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
@@ -153,6 +154,8 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
                 if time.monotonic() - last_sync >= interval:
                     last_sync = time.monotonic()
                     sync_quietly(sync, logger)
+                    if on_sync:
+                        on_sync()
             emit(job.finish_output())
         finally:
             job.terminate(grace=0) if job.poll() is None else job.close()

@@ -15,7 +15,7 @@ from . import warm
 from .config import ScriptRunConfig
 from .errors import ConfigurationError
 from .home import mltrain_home
-from .records import RunStatus, check_name, new_record, new_run_id, run_dir, set_status
+from .records import DEPLOYED, RunStatus, check_name, new_record, new_run_id, run_dir, set_status
 from .run import Run
 from .workspace import Workspace
 
@@ -47,9 +47,10 @@ class Experiment:
         process; follow it with ``run.wait_for_completion(show_output=True)``.
         """
         config = _as_script_run_config(config)
+        deployment = self._deployment(config.record()["compute_target"])
         run = self.create_run(config, tags=tags)
         secrets = config.environment.secrets() if config.environment else {}
-        return self._start(run, secrets)
+        return self._start(run, secrets, deployment)
 
     def create_run(self, config: ScriptRunConfig, tags: dict[str, Any] | None = None,
                    take_snapshot: bool = True) -> Run:
@@ -93,19 +94,36 @@ class Experiment:
                             properties={"resubmitted_from": old["run_id"]})
         self.workspace.write_json(f"{run_dir(self.name, run_id)}/tags.json", run.get_tags())
         self.workspace.write_json(f"{run_dir(self.name, run_id)}/run.json", record)
-        return self._start(Run(self, run_id), {})
+        return self._start(Run(self, run_id), {}, self._deployment(old["compute_target"]))
 
-    def _start(self, run: Run, secrets: dict[str, str]) -> Run:
-        """Queue the run and hand it to a background runner process."""
-        from .server import prefect_env
+    def _deployment(self, target: Any) -> str | None:
+        """The deployment of ``target``'s work pool (checked before anything is written),
+        or None to run here."""
+        from .pools import deployment_for
+        from .server import using_server
+
+        with using_server():
+            deployment = deployment_for(target)
+        if deployment and self.workspace.protocol == "memory":
+            raise ConfigurationError(
+                f"{deployment} runs on a worker, which cannot see this process's memory:// "
+                "workspace: use a folder or a shared store (s3://, gs://, ...) as the workspace")
+        return deployment
+
+    def _start(self, run: Run, secrets: dict[str, str], deployment: str | None) -> Run:
+        """Queue the run and hand it to its target's work pool, else a local runner."""
+        from .server import prefect_env, using_server
 
         ws, folder = self.workspace, run_dir(self.name, run.id)
         record = ws.read_json(f"{folder}/run.json")
+        if deployment:
+            with using_server():
+                return self._send_to_pool(run, record, deployment, secrets)
+        env = {**os.environ, **prefect_env(), **ws.to_env(),
+               "MLTRAIN_SECRETS": json.dumps(secrets)}
         ws.write_json(f"{folder}/run.json", set_status(record, RunStatus.QUEUED))
         runs = mltrain_home() / "runs"  # each run's scratch folder is made below it
         runs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **prefect_env(), **ws.to_env(),
-               "MLTRAIN_SECRETS": json.dumps(secrets)}
         log = mltrain_home() / "runs" / f"{run.id}.runner.log"
         pid = warm.start_run(self.name, run.id, env, cwd=runs, log=log)
         if pid is None:  # no warm runner could be had: start a runner from scratch
@@ -117,6 +135,29 @@ class Experiment:
                 ).pid
         ws.write_json(f"{folder}/heartbeat.json",
                       {"time": time.time(), "host": socket.gethostname(), "pid": pid})
+        return run
+
+    def _send_to_pool(self, run: Run, record: dict[str, Any], deployment: str,
+                      secrets: dict[str, str]) -> Run:
+        """Create a flow run of the target's deployment; a worker of its pool runs it."""
+        from prefect.blocks.system import Secret
+        from prefect.deployments import run_deployment
+
+        ws, folder = self.workspace, run_dir(self.name, run.id)
+        private = {k: v for k, v in ws.to_env().items() if k != "MLTRAIN_WORKSPACE"}
+        if secrets:
+            private["MLTRAIN_SECRETS"] = json.dumps(secrets)
+        params: dict[str, Any] = {"experiment": self.name, "run_id": run.id,
+                                  "workspace": ws.url}
+        if private:
+            params["private_block"] = f"mltrain-run-{run.id.lower().replace('_', '-')}"
+            Secret(value=private).save(params["private_block"], overwrite=True)
+        ws.write_json(f"{folder}/run.json", set_status(record, RunStatus.QUEUED))
+        flow_run = run_deployment(deployment, parameters=params, timeout=0,
+                                  tags=["mltrain", f"experiment:{self.name}"])
+        ws.write_json(f"{folder}/{DEPLOYED}", {"deployment": deployment,
+                                               "flow_run_id": str(flow_run.id),
+                                               "private_block": params.get("private_block")})
         return run
 
     # -- reading ----------------------------------------------------------------------------

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelled, Failed
 
@@ -137,6 +143,7 @@ def execute(workspace: str, experiment: str, run_id: str, built: dict[str, Any],
                       portable_env=portable, stage_dir=str(stage), image=built.get("image"),
                       distributed=config.get("distributed_job_config"),
                       environment=config.get("environment"), interpreter=interpreter)
+    progress = ProgressArtifact(stage / "runs" / run_id / "events")
     job = target.launch(spec)
     try:
         recorder.update(RunStatus.RUNNING)
@@ -144,15 +151,54 @@ def execute(workspace: str, experiment: str, run_id: str, built: dict[str, Any],
                           watchdog=watchdog or Watchdog(ws, experiment, run_id, None),
                           max_seconds=config.get("max_run_duration_seconds"), logger=logger,
                           secrets=list(json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}")
-                                       .values()))
+                                       .values()),
+                          on_sync=progress)
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
         if not recorder.finished:
             recorder.update(RunStatus.FINALIZING)
         sync_quietly(sync, logger)
+        progress()
         shutil.rmtree(scratch, ignore_errors=True)
     return {"status": outcome.status.value, "exit_code": outcome.exit_code,
             "error": outcome.error, "log_tail": "\n".join(outcome.log_tail)}
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact that follows the ``progress`` metric the script logs
+    (a fraction 0–1, or a percentage up to 100): the UI shows a live bar for the run."""
+
+    METRIC = "progress"
+
+    def __init__(self, events: Path):
+        self.events, self.offsets, self.artifact_id = events, {}, None
+
+    def __call__(self) -> None:
+        try:
+            self._update()
+        except Exception as exc:  # a view only: the run goes on without it
+            get_run_logger().debug("progress artifact: %s", exc)
+
+    def _update(self) -> None:
+        latest = None
+        for path in sorted(self.events.glob("*.jsonl")):
+            with open(path, "rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            for line in complete.splitlines():
+                event = json.loads(line)
+                if event.get("name") == self.METRIC and isinstance(event.get("value"), int | float):
+                    latest = event["value"]
+        if latest is None:
+            return
+        percent = max(0.0, min(100.0, latest * 100 if latest <= 1 else latest))
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                percent, description="The run's `progress` metric")
+        else:
+            update_progress_artifact(self.artifact_id, percent)
 
 
 @task(name="collect_artifacts", cache_policy=NO_CACHE)
@@ -185,10 +231,11 @@ def _flow_run_name() -> str:
     return params.get("run_id") or f"{params.get('experiment')}-{int(time.time())}"
 
 
-@flow(name="submit_run", flow_run_name=_flow_run_name, validate_parameters=True)
+@flow(name="submit-run", flow_run_name=_flow_run_name, validate_parameters=True)
 def submit_run(experiment: str, config: ScriptRunConfig | None = None,
                workspace: str | None = None, run_id: str | None = None,
-               tags: dict[str, str] | None = None) -> dict[str, Any]:
+               tags: dict[str, str] | None = None, compute_target: str | None = None,
+               private_block: str | None = None) -> dict[str, Any]:
     """Run a training script as one prefect-mltrain run and return its details.
 
     Args:
@@ -197,14 +244,22 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
         workspace: Workspace URL (default: this process's workspace, else ``./.mltrain``).
         run_id: A run prepared by ``Experiment.submit``.
         tags: Tags of a new run.
+        compute_target: Where the script runs, overriding ``config.compute_target``
+            (a deployment made by ``mltrain compute create`` sets its own target here).
+        private_block: Set by ``Experiment.submit``: a Secret block holding the run's
+            secret variables and workspace credentials, read once and deleted.
     """
     from .experiment import Experiment
 
+    if private_block:
+        _take_private(private_block)
     ws = open_workspace(workspace)
     exp = Experiment(ws, experiment)
     if run_id is None:
         if config is None:
             raise ValueError("submit_run needs config= (or run_id= of a prepared run)")
+        if compute_target:
+            config = config.model_copy(update={"compute_target": compute_target})
         run_id = exp.create_run(config, tags=tags, take_snapshot=False).id
     recorder = RunRecorder(ws, experiment, run_id)
     flow_run_id = str(runtime.flow_run.id)
@@ -214,6 +269,7 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
     watchdog = Watchdog(ws, experiment, run_id, flow_run_id)
     watchdog.start()
     outcome: dict[str, Any] = {}
+    termination: TerminationSignal | None = None
     phase = "Preparing"
     try:
         watchdog.tick()
@@ -232,6 +288,9 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
             recorder.update(RunStatus.STARTING, environment_build=built)
             phase = "Running"
             outcome = execute(ws.url, experiment, run_id, built, watchdog)
+    except TerminationSignal as exc:  # a cancel from the UI/API, delivered by the worker
+        outcome = {"status": "Canceled", "error": "canceled from Prefect"}
+        termination = exc
     except Exception as exc:
         outcome = {"status": "Failed", "error": f"{phase}: {exc}",
                    "exit_code": recorder.record.get("exit_code")}
@@ -246,12 +305,26 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
         get_run_logger().warning("could not publish artifacts: %s", exc)
     APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
     recorder.update(RunStatus(outcome["status"]), **final)
+    if termination:
+        raise termination  # Prefect's engine finishes the cancel it started
     details = recorder.record
     if details["status"] == RunStatus.CANCELED.value:
         return Cancelled(message=details.get("error") or "canceled")
     if details["status"] == RunStatus.FAILED.value:
         return Failed(message=details.get("error") or "failed")
     return details
+
+
+def _take_private(block_name: str) -> None:
+    """Move the run's secrets and workspace credentials from their block into this process."""
+    from prefect.blocks.system import Secret
+
+    try:
+        private = Secret.load(block_name).get()
+    except ValueError:  # already taken: a retry of this flow run
+        return
+    os.environ.update(private)
+    Secret.delete(block_name)
 
 
 def _argv(config: dict[str, Any], interpreter: str) -> list[str]:
@@ -289,8 +362,8 @@ def _local_env(ws: Workspace, stage: Path, interpreter: str,
 
 def _summary_markdown(details: dict[str, Any], files: list[str]) -> str:
     duration = ""
-    if details.get("started_at") and details.get("ended_at"):
-        duration = f"{details['ended_at'] - details['started_at']:.1f} s"
+    if details.get("started_at"):  # the run ends just after its artifacts are published
+        duration = f"{(details.get('ended_at') or time.time()) - details['started_at']:.1f} s"
     rows = [("Status", details["status"]), ("Exit code", details.get("exit_code")),
             ("Duration", duration), ("Snapshot", (details.get("snapshot_id") or "")[:12]),
             ("Compute target", details.get("compute_target")),

@@ -31,7 +31,8 @@ TERMINAL = {RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELE
 STD_LOG = "logs/std_log.txt"  # the script's merged stdout and stderr
 
 # Files the runner owns in a run folder; user uploads may not replace them.
-RESERVED_NAMES = {"run.json", "tags.json", "heartbeat.json", "cancel.json", "events"}
+DEPLOYED = "deployment.json"  # a run sent to a work pool: its deployment and flow run id
+RESERVED_NAMES = {"run.json", "tags.json", "heartbeat.json", "cancel.json", "events", DEPLOYED}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 

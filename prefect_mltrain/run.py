@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RunFailedError, RunNotFoundError, UnsafePathError
 from .records import (
+    DEPLOYED,
     RESERVED_NAMES,
     TERMINAL,
     RunStatus,
@@ -80,6 +81,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+FLOW_CHECK_SECONDS = 5.0
+
+
 class Run:
     """A run of an experiment.
 
@@ -102,6 +106,7 @@ class Run:
         self._events: _EventLog | None = None
         self._record: dict[str, Any] | None = None
         self._client = False  # staging for a handle outside any script, pushed at once
+        self._flow_checked = 0.0  # when a deployed run's flow run was last looked at
 
     def __repr__(self) -> str:
         return f"Run(experiment={self.experiment.name!r}, id={self.id!r})"
@@ -318,7 +323,18 @@ class Run:
         last = beat.get("time") or record.get("created_at") or 0
         timeout = self._ws.settings.heartbeat_timeout_seconds
         same_host = host == socket.gethostname()
-        if same_host and pid:  # the process table is authoritative on the runner's host
+        status = RunStatus.FAILED
+        deployed = None if beat else self._ws.read_json(f"{self._dir}/{DEPLOYED}", None)
+        if deployed:  # sent to a work pool, and no worker has started its flow yet
+            if time.monotonic() - self._flow_checked < FLOW_CHECK_SECONDS:
+                return record
+            self._flow_checked = time.monotonic()
+            state = self._flow_run_state(deployed["flow_run_id"])
+            if not (state and state.is_final()):
+                return record
+            reason = f"its flow run ended {state.name} ({state.message or 'no message'})"
+            status = RunStatus.CANCELED if state.is_cancelled() else RunStatus.FAILED
+        elif same_host and pid:  # the process table is authoritative on the runner's host
             if process_alive(pid):
                 return record
             reason = f"the runner process {pid} on {host} exited without finishing the run"
@@ -332,10 +348,19 @@ class Run:
         if same_host and beat.get("pgid"):
             from .compute.process import kill_process_group
             kill_process_group(beat["pgid"], grace=0)
-        set_status(fresh, RunStatus.FAILED,
+        set_status(fresh, status,
                    error=f"{reason} (killed or crashed); outputs synced so far are kept")
         self._ws.write_json(f"{self._dir}/run.json", fresh)
         return fresh
+
+    @staticmethod
+    def _flow_run_state(flow_run_id: str) -> Any:
+        from prefect.client.orchestration import get_client
+
+        from .server import using_server
+
+        with using_server(), get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run_id).state
 
     def get_status(self) -> str:
         return self._read_record()["status"]
@@ -421,18 +446,22 @@ class Run:
         return target
 
     def download_files(self, prefix: str = "", output_directory: str | os.PathLike = ".",
-                       append_prefix: bool = True) -> list[Path]:
+                       append_prefix: bool = True, progress: bool = False) -> list[Path]:
         """Download every stored file whose name starts with ``prefix``."""
+        from .progress import progress_bar
+
         if prefix:
             safe_relpath(prefix)
         out = Path(output_directory)
+        names = [name for name in self.get_file_names() if name.startswith(prefix)]
         paths = []
-        for name in self.get_file_names():
-            if name.startswith(prefix):
+        with progress_bar(progress and bool(names), "Downloading", len(names), "files") as advance:
+            for name in names:
                 rel = name if append_prefix else name[len(prefix):].lstrip("/")
                 target = out / rel
                 self._ws.get_file(f"{self._dir}/{name}", target)
                 paths.append(target)
+                advance(1)
         return paths
 
     def get_children(self) -> list[Run]:
@@ -448,9 +477,41 @@ class Run:
             return
         self._ws.write_json(f"{self._dir}/cancel.json", {"time": time.time(),
                                                          "host": socket.gethostname()})
-        if record["status"] in (RunStatus.NOT_STARTED.value,):
+        deployed = self._ws.read_json(f"{self._dir}/{DEPLOYED}", None)
+        if record["status"] == RunStatus.NOT_STARTED.value or (
+                record["status"] == RunStatus.QUEUED.value and deployed
+                and self._cancel_flow_run(deployed["flow_run_id"])):
             set_status(record, RunStatus.CANCELED, error="canceled before it started")
             self._ws.write_json(f"{self._dir}/run.json", record)
+            if deployed and deployed.get("private_block"):
+                self._delete_block(deployed["private_block"])
+
+    @staticmethod
+    def _delete_block(name: str) -> None:
+        from prefect.blocks.system import Secret
+
+        from .server import using_server
+
+        with using_server():
+            try:
+                Secret.delete(name)
+            except Exception:  # taken by the flow meanwhile
+                pass
+
+    @staticmethod
+    def _cancel_flow_run(flow_run_id: str) -> bool:
+        """Cancel a flow run that no worker has taken yet; False when one has."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        from .server import using_server
+
+        with using_server(), get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+            if not (state and state.is_scheduled()):
+                return False
+            result = client.set_flow_run_state(flow_run_id, Cancelled(message="canceled by request"))
+        return result.status.value == "ACCEPT"
 
     def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
                             poll_interval: float = 0.25, timeout: float | None = None

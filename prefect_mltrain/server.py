@@ -19,6 +19,8 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MLTrainError
@@ -131,6 +133,19 @@ def stop_server() -> bool:
         time.sleep(0.2)
     (_state_dir() / "server.json").unlink(missing_ok=True)
     return True
+
+
+@contextmanager
+def using_server() -> Iterator[None]:
+    """Within it, this process's Prefect client talks to the configured API, else to the
+    embedded server (started if needed)."""
+    if configured_api_url():
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: ensure_server()["api_url"]}):
+        yield
 
 
 def prefect_env() -> dict[str, str]:

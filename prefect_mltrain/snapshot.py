@@ -23,9 +23,8 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -33,6 +32,7 @@ from pathspec import GitIgnoreSpec
 
 from .errors import SnapshotError, SnapshotTooLargeError
 from .home import cache_dir
+from .progress import progress_bar
 from .workspace import Workspace
 
 ALWAYS_EXCLUDED = frozenset({
@@ -384,7 +384,7 @@ def _hash_files(root: Path, tree: _Tree, rels: list[str], progress: bool) -> dic
     """Hash the files the stat cache cannot vouch for; hashlib releases the GIL, so threads help."""
     if not rels:
         return {}
-    with _progress(progress, "Hashing", sum(tree.files[r].st_size for r in rels)) as advance:
+    with progress_bar(progress, "Hashing", sum(tree.files[r].st_size for r in rels)) as advance:
         def one(rel: str) -> str:
             sha = _hash_file(root / rel)
             advance(tree.files[rel].st_size)
@@ -403,7 +403,7 @@ def _upload(ws: Workspace, root: Path, tree: _Tree, blobs: dict[str, str],
     sizes = [tree.files[rel].st_size for rel in blobs.values()]
     batch = 64 if progress else max(len(pairs), 1)  # small batches only to move the bar
     try:
-        with _progress(progress and bool(pairs), "Uploading", sum(sizes)) as advance:
+        with progress_bar(progress and bool(pairs), "Uploading", sum(sizes)) as advance:
             for i in range(0, len(pairs), batch):
                 ws.put_files(pairs[i:i + batch])
                 advance(sum(sizes[i:i + batch]))
@@ -433,21 +433,6 @@ def _current_key(path: Path) -> tuple[int, int, int] | None:
         return _stat_key(os.lstat(path))
     except OSError:  # deleted meanwhile
         return None
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    # Imported lazily: rich adds to the start-up time of every submit.
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 # -- stat cache -------------------------------------------------------------------------------

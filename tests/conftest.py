@@ -38,6 +38,11 @@ def prefect_server(mltrain_home):
     os.environ["PREFECT_UI_URL"] = info["ui_url"]
     with temporary_settings(updates={PREFECT_API_URL: info["api_url"]}):  # for this process
         yield info
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # what this process still has to send goes while the server
+        EventsWorker.drain_all()  # is up (else Prefect starts a temporary server at exit)
     os.environ.pop("PREFECT_API_URL", None)
     server.stop_server()  # and the warm runners
 

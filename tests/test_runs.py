@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import write_script
@@ -137,6 +138,42 @@ def test_prefect_artifacts_describe_the_run(ws, tmp_path):
     assert kinds == {"markdown", "table"}
     text = json.dumps([a.data for a in artifacts], default=str)
     assert "acc" in text and "outputs/a.txt" in text and "Completed" in text
+
+
+def test_progress_metric_drives_a_live_progress_artifact(ws, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    write_script(tmp_path / "p", "t.py", """
+        import os, time
+        from prefect_mltrain import Run
+        run = Run.get_context()
+        run.log("progress", 0.25)
+        while not os.path.exists("outputs/go"):  # the test looks at the bar, then lets go
+            time.sleep(0.1)
+        run.log("progress", 1.0)
+    """)
+    run = Experiment(ws, "bar").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                       script="t.py"))
+
+    def progress_values():
+        flow_run_id = run.get_details().get("flow_run_id")
+        if not flow_run_id:
+            return []
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        return [a.data for a in artifacts if a.type == "progress"]
+
+    deadline = time.monotonic() + 60
+    while progress_values() != [25.0]:
+        assert time.monotonic() < deadline, progress_values()
+        time.sleep(0.3)
+    assert run.get_status() == "Running"  # the bar is live, not a summary at the end
+    run_cwd = next((Path(os.environ["MLTRAIN_HOME"]) / "runs").glob(f"{run.id}/src"))
+    (run_cwd / "outputs" / "go").write_text("")
+    run.wait_for_completion()
+    assert progress_values() == [100.0]
 
 
 def test_crashing_script_fails_with_exit_code_traceback_and_partial_outputs(ws, tmp_path):
@@ -362,34 +399,6 @@ def test_interactive_run_with_start_logging(ws):
     assert fresh.get_status() == "Completed"
     assert fresh.get_metrics() == {"acc": [0.5, 0.7]}
     assert fresh.get_tags() == {"where": "notebook"}
-
-
-def test_cli_submit_list_show_download(ws, tmp_path):
-    write_script(tmp_path / "p", "t.py", """
-        import sys
-        from prefect_mltrain import Run
-        Run.get_context().log("arg", sys.argv[1])
-        open("outputs/o.txt", "w").write("cli")
-    """)
-    cli = [sys.executable, "-m", "prefect_mltrain.cli", "--workspace", str(ws.url), "--json"]
-
-    def mltrain(*args):
-        result = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120)
-        return result.returncode, result.stdout, result.stderr
-
-    code, out, err = mltrain("submit", "-e", "cli", "-t", "a=b", str(tmp_path / "p"), "t.py",
-                             "hello")
-    assert code == 0, err
-    details = json.loads(out)
-    assert details["status"] == "Completed" and details["tags"] == {"a": "b"}
-    code, out, _ = mltrain("runs", "list")
-    assert [r["run_id"] for r in json.loads(out)] == [details["run_id"]]
-    code, out, _ = mltrain("runs", "show", details["run_id"])
-    assert json.loads(out)["metrics"] == {"arg": "hello"}
-    code, out, _ = mltrain("download", details["run_id"], "-o", str(tmp_path / "dl"))
-    assert (tmp_path / "dl" / "outputs" / "o.txt").read_text() == "cli"
-    code, _, err = mltrain("runs", "show", "nope")
-    assert code == 2 and "no run 'nope'" in err
 
 
 def test_cancel_from_prefect_ends_canceled_with_no_process_left(ws, tmp_path):

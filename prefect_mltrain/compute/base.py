@@ -89,6 +89,6 @@ def resolve_compute_target(target: Any) -> ComputeTarget:
         except (ValueError, KeyError):
             continue
     raise ComputeTargetUnavailableError(
-        f"no compute target named {name!r}: use 'local', save a target first "
-        "(e.g. DockerCompute(...).save('gpu-box')), or list them with `prefect block ls`"
+        f"no compute target named {name!r}: use 'local', create one first (e.g. "
+        "`mltrain compute create gpu-box --type docker`), or see `mltrain compute list`"
     )

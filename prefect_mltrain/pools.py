@@ -1,0 +1,177 @@
+"""Compute targets as Prefect work pools: one block, one pool and one deployment per name.
+
+``create_target("gpu-box", DockerCompute(...))`` saves the target's block (settings and
+secrets), creates or updates the work pool "gpu-box" (built-in ``process`` type, a base
+job template generated from the target) and deploys the ``submit-run`` flow to it as
+``submit-run/gpu-box``. A worker started on the machine that owns the target
+(``prefect worker start --pool gpu-box``) then runs every run sent there: from the UI,
+``prefect deployment run``, or ``Experiment.submit`` with ``compute_target="gpu-box"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from .compute.base import ComputeTarget, resolve_compute_target
+from .errors import ComputeTargetUnavailableError, ConfigurationError
+from .records import check_name
+
+FLOW_NAME = "submit-run"
+BUILTIN = "local"  # this machine: never routed through a pool
+
+
+def deployment_name(target: str) -> str:
+    return f"{FLOW_NAME}/{target}"
+
+
+def _short(name: str) -> str:
+    """``"mltrain-docker-compute/gpu-box"`` or ``"gpu-box"`` -> ``"gpu-box"``."""
+    return name.rsplit("/", 1)[-1]
+
+
+def base_job_template(name: str, target: ComputeTarget) -> dict[str, Any]:
+    """Prefect's process template, with defaults that tie the pool's runs to ``target``.
+
+    Only names go in: settings and secrets stay in the block, which the flow loads.
+    """
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    props = template["variables"]["properties"]
+    slug = target.get_block_type_slug()
+    props["env"]["default"] = {"MLTRAIN_COMPUTE_TARGET": f"{slug}/{name}"}
+    props["labels"]["default"] = {"mltrain.compute-target": name, "mltrain.target-type": slug}
+    props["name"]["default"] = f"mltrain-{name}"
+    return template
+
+
+def create_target(name: str, target: ComputeTarget, concurrency_limit: int | None = None,
+                  description: str | None = None) -> dict[str, Any]:
+    """Save ``target`` as ``name``, and create (or update) its work pool and deployment.
+
+    Idempotent: running it again with new settings updates all three.
+    """
+    check_name(name, "compute target name")
+    if name == BUILTIN:
+        raise ConfigurationError(
+            "'local' is the built-in target (the machine the run's flow runs on); "
+            "give this target another name, e.g. 'cpu-box'")
+    block_id = target.save(name, overwrite=True)
+    template = base_job_template(name, target)
+    description = description or f"prefect-mltrain compute target {name!r} ({target.describe()})"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            client.update_work_pool(name, WorkPoolUpdate(
+                base_job_template=template, concurrency_limit=concurrency_limit,
+                description=description))
+            created = False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", base_job_template=template,
+                concurrency_limit=concurrency_limit, description=description))
+            created = True
+    deployment_id = _deploy(name)
+    return {"name": name, "type": target.get_block_type_slug(), "block_id": str(block_id),
+            "work_pool": name, "deployment": deployment_name(name),
+            "deployment_id": str(deployment_id), "created": created}
+
+
+def _deploy(name: str) -> Any:
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.types.entrypoint import EntrypointType
+
+    from .flows import submit_run
+
+    deployment = RunnerDeployment.from_flow(
+        submit_run, name=name, work_pool_name=name, parameters={"compute_target": name},
+        entrypoint_type=EntrypointType.MODULE_PATH, tags=["mltrain"],
+        description=f"Runs submitted to the compute target {name!r}.")
+    return deployment.apply()
+
+
+def list_targets() -> list[dict[str, Any]]:
+    """Every saved compute target with its work pool (if any), plus the built-in ``local``."""
+    from .compute import dask, docker, local  # noqa: F401 - every target class is known
+
+    rows = [{"name": BUILTIN, "type": "mltrain-local-compute", "work_pool": None,
+             "deployment": None, "description": "this machine (built in)"}]
+    with get_client(sync_client=True) as client:
+        pools = {pool.name: pool for pool in client.read_work_pools()}
+        for cls in ComputeTarget.__subclasses__():
+            try:
+                docs = client.read_block_documents_by_type(cls.get_block_type_slug(),
+                                                           include_secrets=False)
+            except PrefectHTTPStatusError:  # that type was never registered: none saved
+                continue
+            for doc in docs:
+                pool = pools.get(doc.name)
+                rows.append({"name": doc.name, "type": cls.get_block_type_slug(),
+                             "work_pool": pool.name if pool else None,
+                             "deployment": deployment_name(doc.name) if pool else None,
+                             "description": pool.description if pool else ""})
+    return rows
+
+
+def delete_target(name: str) -> dict[str, bool]:
+    """Delete the target's deployment, work pool and block; reports what existed."""
+    from .compute import dask, docker, local  # noqa: F401
+
+    done = {"deployment": False, "work_pool": False, "block": False}
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_deployment(client.read_deployment_by_name(deployment_name(name)).id)
+            done["deployment"] = True
+        except ObjectNotFound:
+            pass
+        try:
+            client.delete_work_pool(name)
+            done["work_pool"] = True
+        except ObjectNotFound:
+            pass
+        for cls in ComputeTarget.__subclasses__():
+            try:
+                doc = client.read_block_document_by_name(name, cls.get_block_type_slug())
+            except ObjectNotFound:
+                continue
+            client.delete_block_document(doc.id)
+            done["block"] = True
+    if not any(done.values()):
+        raise ComputeTargetUnavailableError(
+            f"no compute target named {name!r}: see `mltrain compute list`")
+    return done
+
+
+def deployment_for(recorded: Any) -> str | None:
+    """``submit-run/NAME`` when a run's target (as its record names it) has a work pool;
+    None to run it here. A name that is no saved target raises."""
+    if not isinstance(recorded, str) or _short(recorded) == BUILTIN:
+        return None  # "local", or an unsaved target object
+    name = deployment_name(_short(recorded))
+    with get_client(sync_client=True) as client:
+        try:
+            if client.read_deployment_by_name(name).work_pool_name:
+                return name
+        except ObjectNotFound:
+            pass
+    resolve_compute_target(recorded)  # a saved target without a pool runs here; else raise
+    return None
+
+
+def target_from_options(kind: str, settings: dict[str, Any]) -> ComputeTarget:
+    """A target of ``kind`` (local | docker | dask) from settings given at a terminal."""
+    classes = {"local": "LocalCompute", "docker": "DockerCompute", "dask": "DaskCompute"}
+    if kind not in classes:
+        raise ConfigurationError(f"unknown target type {kind!r}: use one of {', '.join(classes)}")
+    from . import compute
+
+    cls = getattr(compute, classes[kind])
+    unknown = set(settings) - set(cls.model_fields)
+    if unknown:
+        raise ConfigurationError(f"{kind} targets have no setting {', '.join(sorted(unknown))}")
+    return cls(**settings)
+

@@ -1,0 +1,140 @@
+"""The ``mltrain`` command as users run it: real processes, exit codes, ``--json`` output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_script
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def cli(prefect_server, tmp_path):
+    """``mltrain ARGS --workspace WS`` in ``tmp_path``; returns (exit code, stdout, stderr)."""
+    ws = tmp_path / "ws"
+
+    def run(*args: str, timeout: float = 180) -> tuple[int, str, str]:
+        cut = args.index("--") if "--" in args else len(args)  # the script's own arguments
+        argv = [*args[:cut], "--workspace", str(ws), *args[cut:]]
+        result = subprocess.run([str(BIN / "mltrain"), *argv],
+                                capture_output=True, text=True, timeout=timeout,
+                                cwd=tmp_path, env=dict(os.environ))
+        return result.returncode, result.stdout, result.stderr
+
+    return run
+
+
+@pytest.fixture
+def project(tmp_path):
+    proj = tmp_path / "proj"
+    write_script(proj, "train.py", """
+        import os, sys
+        from prefect_mltrain import Run
+        run = Run.get_context()
+        run.log("lr", float(sys.argv[2]))
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/model.txt", "w").write("weights")
+        print("args", sys.argv[1:])
+        sys.exit(int(os.environ.get("EXIT", "0")))
+    """)
+    write_script(proj, "fail.py", "raise SystemExit('bad data')\n")
+    (proj / "requirements.txt").write_text("")
+    return proj
+
+
+def test_submit_runs_show_logs_download(cli, project, tmp_path):
+    code, out, err = cli("submit", str(project), "train.py", "-e", "cli", "-t", "kind=test",
+                         "--json", "--", "--lr", "0.5")
+    assert code == 0, err
+    details = json.loads(out)
+    run_id = details["run_id"]
+    assert details["status"] == "Completed" and details["tags"] == {"kind": "test"}
+
+    code, out, _ = cli("runs", "list", "-e", "cli", "--json")
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == [run_id]
+    code, out, _ = cli("runs", "show", run_id, "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["metrics"] == {"lr": 0.5}
+    assert "outputs/model.txt" in shown["files"]
+    code, out, _ = cli("logs", run_id)
+    assert code == 0 and "args ['--lr', '0.5']" in out
+
+    code, out, _ = cli("download", run_id, "outputs/model.txt", "-o", "got", "--json")
+    assert code == 0 and json.loads(out) == [str(Path("got/outputs/model.txt"))]
+    assert (tmp_path / "got/outputs/model.txt").read_text() == "weights"
+    code, out, _ = cli("download", run_id, "--prefix", "logs/", "-o", "all")
+    assert code == 0 and (tmp_path / "all/logs/std_log.txt").is_file()
+    code, _, err = cli("download", run_id, "outputs/missing.bin")
+    assert code == 2 and "has no file 'outputs/missing.bin'" in err
+
+    code, out, _ = cli("cancel", run_id, "--json")  # a finished run stays as it ended
+    assert code == 0 and json.loads(out)["status"] == "Completed"
+
+
+def test_failed_run_exits_1_and_no_wait_returns_the_id(cli, project):
+    code, out, err = cli("submit", str(project), "fail.py", "--json")
+    assert code == 1
+    assert json.loads(out)["status"] == "Failed" and "bad data" in json.loads(out)["log_tail"]
+
+    code, out, _ = cli("submit", str(project), "train.py", "--env",
+                       str(project / "requirements.txt"), "--no-wait", "--json", "--",
+                       "--lr", "1")
+    assert code == 0 and json.loads(out)["run_id"].startswith("default_")
+    code, out, _ = cli("logs", json.loads(out)["run_id"], "--follow")
+    assert code == 0 and "Completed" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["submit", "nowhere", "train.py"], "source_directory"),
+    (["submit", "proj", "missing.py"], "script 'missing.py' not found"),
+    (["submit", "proj", "train.py", "-t", "novalue"], "tags are key=value"),
+    (["submit", "proj", "train.py", "--compute", "no-such-box", "--no-wait"],
+     "no compute target named 'no-such-box'"),
+    (["runs", "show", "nope"], "no run 'nope'"),
+    (["compute", "create", "local"], "'local' is the built-in target"),
+    (["compute", "create", "x", "--type", "dask", "--cluster-kwargs", "{bad"], "must be JSON"),
+    (["compute", "delete", "never-made"], "no compute target named 'never-made'"),
+    (["env", "build", "no-such-env"], "no environment 'no-such-env'"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(cli, project, args, message):
+    code, out, err = cli(*args)
+    assert code == 2, (out, err)
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_compute_env_server_and_snapshot_commands(cli, project):
+    code, out, _ = cli("compute", "create", "cli-box", "--type", "dask", "--address",
+                       "tcp://127.0.0.1:1", "--json")
+    assert code == 0 and json.loads(out)["type"] == "mltrain-dask-compute"
+    code, out, _ = cli("compute", "list", "--json")
+    names = {r["name"]: r for r in json.loads(out)}
+    assert names["cli-box"]["work_pool"] == "cli-box" and names["local"]["work_pool"] is None
+    code, out, _ = cli("compute", "delete", "cli-box", "--json")
+    assert code == 0 and json.loads(out)["deleted"] == {
+        "deployment": True, "work_pool": True, "block": True}
+
+    code, out, _ = cli("env", "list", "--json")
+    assert code == 0 and {"mltrain-minimal", "mltrain-sklearn"} <= {
+        r["name"] for r in json.loads(out)}
+    code, out, _ = cli("env", "build", "mltrain-minimal", "--json")
+    assert code == 0 and Path(json.loads(out)["interpreter"]).exists()
+
+    code, out, _ = cli("server", "status", "--json")
+    assert code == 0 and json.loads(out)["api_url"] == os.environ["PREFECT_API_URL"]
+    code, out, _ = cli("snapshot", str(project), "--json")
+    assert code == 0 and {name for name, _ in json.loads(out)} == {
+        "train.py", "fail.py", "requirements.txt"}
+
+
+def test_help_of_every_command(cli):
+    for args in (["--help"], ["submit", "--help"], ["compute", "create", "--help"],
+                 ["runs", "list", "--help"], ["env", "build", "--help"]):
+        code, out, _ = cli(*args)
+        assert code == 0 and "Usage: mltrain" in out, args

@@ -1,0 +1,31 @@
+"""docs/ui_screenshot.py runs the demo on a scratch server and photographs it in the Prefect UI."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "ui_screenshot.py"
+
+
+@pytest.mark.timeout(660)
+def test_ui_screenshot(tmp_path):
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("no /usr/bin/chromium; install it with `apt-get install -y chromium`")
+    output = tmp_path / "shot.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(3 artifacts," in proc.stdout  # run summary, metrics and outputs
+
+    data = output.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (1400, 1000)
+    # A blank 1400x1000 page compresses to ~6 kB; the rendered run page is ~120 kB.
+    assert len(data) > 60_000, f"screenshot looks blank ({len(data)} bytes)"
