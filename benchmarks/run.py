@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist)
+                                                  # dist, pool)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -27,6 +27,10 @@ Benchmarks:
             local compute and on ``DaskCompute`` (a loopback cluster of 2 hosts × 2 workers)
             vs. ``torchrun --standalone --nproc-per-node 4`` and the ranks started by hand (the
             floor); mpi4py under ``MpiConfiguration`` vs. ``mpiexec -n 4``; interleaved.
+  pool      a no-op run through a work pool and a real ``prefect worker``: ``Experiment.submit()``
+            to a pooled ``LocalCompute`` target vs. ``run_deployment()`` of a no-op ``@flow``
+            deployed to the same pool (Prefect's floor), and the same submit on local compute;
+            interleaved.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -343,11 +347,16 @@ def summarize_runs(recs: list[dict[str, Any]],
         "failures": len(recs) - len(good),
     }
     if phases is not None:
-        out["phases"] = {label: summarize([r["phases"][label] for r in good
-                                           if label in r.get("phases", {})])
-                         for label in [label for label, _, _ in phases] + [SUBMIT_TO_RUNNING]}
+        out["phases"] = summarize_phases(good, [*phases, (SUBMIT_TO_RUNNING, "", "")])
         out["ended_to_client_exit"] = summarize([r["ended_to_client_exit"] for r in good])
     return out
+
+
+def summarize_phases(good: list[dict[str, Any]], phases: list[tuple[str, str, str]],
+                     key: str = "phases") -> dict[str, Any]:
+    """Per phase label, the summary of ``rec[key][label]`` over the reps that have it."""
+    return {label: summarize([r[key][label] for r in good if label in r.get(key, {})])
+            for label, _, _ in phases}
 
 
 def bench_noop(reps: int) -> dict[str, Any]:
@@ -441,11 +450,12 @@ IMPORTS = [  # (label, venv bin, code): what a fresh process pays before doing a
 ]
 
 
-def bench_imports(reps: int, env: dict[str, str]) -> dict[str, Any]:
+def bench_imports(reps: int, env: dict[str, str],
+                  imports: list[tuple[str, Path | None, str]] = IMPORTS) -> dict[str, Any]:
     """Diagnostic, not a comparison: import time of a fresh process, interleaved."""
-    raw: dict[str, list[float]] = {label: [] for label, _, _ in IMPORTS}
+    raw: dict[str, list[float]] = {label: [] for label, _, _ in imports}
     for _ in range(reps):
-        for label, bin_dir, code in IMPORTS:
+        for label, bin_dir, code in imports:
             python = str((bin_dir or mlflow_bin()) / "python")
             p0 = time.perf_counter()
             out = subprocess.run([python, "-c", code], env=env, capture_output=True,
@@ -1017,6 +1027,29 @@ TORCH_IMPORT_PY = ("import time; t = time.perf_counter(); import torch.distribut
                    "print(time.perf_counter() - t)")
 
 
+def start_group(argv: list[str], log_file: Path,
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A long-lived helper process in its own process group, its output to ``log_file``."""
+    with open(log_file, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_groups(procs: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """Terminate the process groups of ``procs`` (see ``start_group``); kill what is left
+    after ``grace`` seconds."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def loopback_dask_cluster(folder: Path, hosts: int, workers_per_host: int):
     """A real Dask cluster on loopback "hosts" 127.0.0.2, 127.0.0.3, … (as
@@ -1031,34 +1064,19 @@ def loopback_dask_cluster(folder: Path, hosts: int, workers_per_host: int):
     port = free_port("127.0.0.1")
     address = f"tcp://127.0.0.1:{port}"
     dask = str(VENV_BIN / "dask")
-
-    def start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
-        with open(folder / f"{name}.log", "wb") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-
-    procs = [start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                    "--no-dashboard"], "scheduler")]
+    procs = [start_group([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                          "--no-dashboard"], folder / "scheduler.log")]
     try:
         for h in range(2, hosts + 2):
-            procs.append(start([dask, "worker", address, "--host", f"127.0.0.{h}",
-                                "--nworkers", str(workers_per_host), "--nthreads", "1",
-                                "--no-dashboard", "--local-directory",
-                                str(folder / f"host{h}")], f"host{h}"))
+            procs.append(start_group([dask, "worker", address, "--host", f"127.0.0.{h}",
+                                      "--nworkers", str(workers_per_host), "--nthreads", "1",
+                                      "--no-dashboard", "--local-directory",
+                                      str(folder / f"host{h}")], folder / f"host{h}.log"))
         with Client(address, timeout=60) as client:
             client.wait_for_workers(hosts * workers_per_host, timeout=90)
         yield address
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        stop_groups(procs)
 
 
 def with_segments(rec: dict[str, Any], stamp: Path, ws: Any = None) -> dict[str, Any]:
@@ -1242,6 +1260,175 @@ def bench_dist(reps: int) -> dict[str, Any]:
             "raw": raw, "path_costs": costs, "summary": summary}
 
 
+# -- benchmark f: a run through a work pool ---------------------------------------------------
+
+
+POOL = "bench-pool"  # the compute target, its work pool and the peer's pool
+PEER_DEPLOYMENT = "noop/bench-noop"  # flow name / deployment name
+# The worker asks for scheduled runs every second (Prefect's default: 10 s); a run is due at
+# once, so a prefetch of 1 s takes it at the next poll, as any prefetch would.
+POOL_WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+NOOP_FLOW_PY = '''\
+import runpy
+
+from prefect import flow
+
+
+@flow
+def noop():
+    runpy.run_path({script!r})  # the same noop.py, in the flow's own process
+'''
+POOL_PHASES = [PHASES[0], ("flow run handed over and started (Queued→Preparing)", "Queued",
+                           "Preparing"), *PHASES[2:]]
+POOL_IMPORTS = [  # what each flow run's two fresh processes on the worker import
+    ("1st process, the worker's supervisor: `import prefect.runner._workspace_supervisor`",
+     VENV_BIN, "import prefect.runner._workspace_supervisor"),
+    ("2nd process, the peer's engine: `import prefect.engine`", VENV_BIN,
+     "import prefect.engine"),
+    ("2nd process, our engine: `import prefect.engine, prefect_mltrain.flows`", VENV_BIN,
+     "import prefect.engine, prefect_mltrain.flows"),
+]
+FLOW_RUN_PHASES = [  # over the Prefect flow run's states ("submit", "return": the client's)
+    ("submit → flow run created (Scheduled)", "submit", "SCHEDULED"),
+    ("the worker's poll takes it (Scheduled→Pending)", "SCHEDULED", "PENDING"),
+    ("flow-run process: interpreter, imports, flow load (Pending→Running)", "PENDING",
+     "RUNNING"),
+    ("the flow itself (Running→Completed)", "RUNNING", "COMPLETED"),
+    ("client notices the end (Completed → return)", "COMPLETED", "return"),
+]
+
+
+def flow_run_phases(flow_run_id: Any, t0: float, t_end: float) -> dict[str, float]:
+    """FLOW_RUN_PHASES of a flow run, from its states' timestamps and the client's times."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run_id)
+    history = [{"status": "submit", "time": t0},
+               *sorted(({"status": st.type.value, "time": st.timestamp.timestamp()}
+                        for st in states), key=lambda e: e["time"]),
+               {"status": "return", "time": t_end}]
+    return phases_of({"status_history": history}, FLOW_RUN_PHASES)
+
+
+def bench_pool(reps: int) -> dict[str, Any]:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from prefect_mltrain import Experiment, ScriptRunConfig, Workspace
+    from prefect_mltrain.compute import LocalCompute
+    from prefect_mltrain.pools import create_target, delete_target
+    from prefect_mltrain.run import Run
+    from prefect_mltrain.server import prefect_env, using_server
+
+    root = WORK / "pool"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    proj = make_noop_project(root)
+    flows = root / "flows"  # the peer's deployment source
+    flows.mkdir()
+    (flows / "noop_flow.py").write_text(NOOP_FLOW_PY.format(script=str(proj / "noop.py")))
+    ws = Workspace(str(root / "ws"))
+    stamp = root / "stamp.txt"
+    server_start = start_server()
+    pool_config = ScriptRunConfig(source_directory=str(proj), script="noop.py",
+                                  compute_target=POOL)
+    local_config = ScriptRunConfig(source_directory=str(proj), script="noop.py")
+    # The worker's flow runs inherit its environment: the server, MLTRAIN_HOME, the stamp.
+    worker_env = {**os.environ, **prefect_env(), **POOL_WORKER_ENV,
+                  "BENCH_STAMP_FILE": str(stamp)}
+    worker: subprocess.Popen[bytes] | None = None
+
+    def worker_alive() -> None:
+        if worker is None or worker.poll() is not None:
+            raise RuntimeError(f"the worker is not running:\n"
+                               f"{tail((root / 'worker.log').read_text())}")
+
+    def ours_pool() -> dict[str, Any]:
+        worker_alive()
+        t0 = time.time()
+        rec = submit_and_wait(Experiment(ws, "pool"), pool_config, stamp, POOL_PHASES)
+        t_end = time.time()
+        if rec["ok"]:  # a run that did not go through the pool has no deployment.json
+            run = Run(Experiment(ws, "pool"), rec["run_id"])
+            rec["flow_run_id"] = ws.read_json(f"{run._dir}/deployment.json")["flow_run_id"]
+            rec["flow_run_phases"] = flow_run_phases(rec["flow_run_id"], t0, t_end)
+        return rec
+
+    def peer() -> dict[str, Any]:
+        worker_alive()
+        stamp.unlink(missing_ok=True)
+        t0 = time.time()
+        p0 = time.perf_counter()
+        flow_run = run_deployment(PEER_DEPLOYMENT, timeout=RUN_TIMEOUT, poll_interval=0.1)
+        wall = time.perf_counter() - p0
+        t_end = time.time()
+        state = flow_run.state
+        rec: dict[str, Any] = {"wall": wall, "ok": bool(state and state.is_completed()),
+                               "flow_run_id": str(flow_run.id),
+                               "status": state.type.value if state else None}
+        if not rec["ok"]:
+            rec["error"] = f"flow run {flow_run.id} ended {state!r}"
+        started = read_stamp(stamp)
+        rec["to_script_start"] = started - t0 if started else None
+        rec["flow_run_phases"] = flow_run_phases(flow_run.id, t0, t_end)
+        return rec
+
+    def ours_local() -> dict[str, Any]:
+        return submit_and_wait(Experiment(ws, "local"), local_config, stamp, POOL_PHASES)
+
+    cleanup: dict[str, Any] = {}
+    with using_server():  # this process's Prefect client calls go to the embedded server
+        try:
+            t = time.perf_counter()
+            create_target(POOL, LocalCompute())
+            with contextlib.redirect_stdout(sys.stderr):  # Prefect's table: not the report's
+                flow.from_source(str(flows), "noop_flow.py:noop").deploy(
+                    PEER_DEPLOYMENT.split("/")[1], work_pool_name=POOL,
+                    print_next_steps=False, ignore_warnings=True)
+            worker = start_group([str(VENV_BIN / "prefect"), "worker", "start", "--pool", POOL,
+                                  "--name", "bench-worker"], root / "worker.log", worker_env)
+            log(f"target, pool, deployments and worker in {time.perf_counter() - t:.1f} s "
+                "(not timed)")
+            # After a fresh server the first local submit runs in a cold runner, which starts
+            # the warm one as it exits: wait for that before the warm-ups (as in d).
+            first = try_rep(ours_local)
+            log(f"first submit (local): {first.get('wall', float('nan')):.2f} s "
+                f"ok={first['ok']}, warm runner listening: {wait_for_warm_runner()}")
+            warmup, raw = interleaved({"ours_pool": ours_pool, "peer": peer,
+                                       "ours_local": ours_local}, reps)
+        finally:
+            if worker is not None:
+                stop_groups([worker])
+                cleanup["worker_exit"] = worker.returncode
+            try:
+                cleanup["deleted"] = delete_target(POOL)
+                with get_client(sync_client=True) as client:
+                    client.delete_deployment(client.read_deployment_by_name(PEER_DEPLOYMENT).id)
+                cleanup["deleted"]["peer_deployment"] = True
+            except Exception as exc:  # recorded; an error of the benchmark itself goes on
+                cleanup["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"worker stopped, target deleted: {cleanup}")
+    summary: dict[str, Any] = {}
+    for name, recs in raw.items():
+        summary[name] = summarize_runs(recs, None if name == "peer" else POOL_PHASES)
+        if name != "ours_local":
+            summary[name]["flow_run_phases"] = summarize_phases(
+                [r for r in recs if r["ok"]], FLOW_RUN_PHASES, "flow_run_phases")
+    summary["ratios"] = {f"{name}_vs_{base}": {
+        key: ratio(summary[name][key]["median"], summary[base][key]["median"])
+        for key in ("wall", "to_script_start")}
+        for name, base in (("ours_pool", "peer"), ("ours_local", "peer"),
+                           ("ours_pool", "ours_local"))}
+    imports = bench_imports(min(reps, 5), worker_env, POOL_IMPORTS)  # untimed, after the reps
+    shutil.rmtree(root, ignore_errors=True)
+    return {"reps": reps, "pool": POOL, "worker_env": POOL_WORKER_ENV, "imports": imports,
+            "peer_deployment": PEER_DEPLOYMENT, "server_start_seconds": server_start,
+            "first_submit": first, "warmup": warmup, "raw": raw, "cleanup": cleanup,
+            "summary": summary}
+
+
 # -- checks and report ---------------------------------------------------------------------
 
 
@@ -1315,15 +1502,23 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
               f"{img['tag']}: {img['timed_cache_hits']} hits of {s['ours']['wall']['n']}")
         check("docker: no container labelled mltrain.run_id left", not dock["containers_left"],
               " ".join(dock["containers_left"]) or "none")
+    for bench in ("dist", "pool"):
+        for name, recs in results.get(bench, {}).get("raw", {}).items():
+            failures = results[bench]["summary"][name]["failures"]
+            check(f"{bench} {name}: every rep succeeded", failures == 0 and bool(recs),
+                  f"{failures} failed of {len(recs)}")
     dist = results.get("dist")
     if dist:
-        for name, recs in dist["raw"].items():
-            check(f"dist {name}: every rep succeeded", dist["summary"][name]["failures"] == 0
-                  and bool(recs), f"{dist['summary'][name]['failures']} failed of {len(recs)}")
         hosts = dist.get("dask_placement") or {}
         check("dist ours_dask: 2 ranks on each of 2 hosts",
               [hosts.get(str(r)) for r in range(4)].count(None) == 0
               and hosts["0"] == hosts["1"] != hosts["2"] == hosts["3"], str(hosts))
+    pool = results.get("pool")
+    if pool:
+        cleanup = pool["cleanup"]
+        check("pool: worker stopped; target, pool and both deployments deleted",
+              "error" not in cleanup and all(cleanup.get("deleted", {}).values())
+              and len(cleanup.get("deleted", {})) == 4, str(cleanup))
     for name in BENCHMARKS:
         if results.get(f"{name}_error"):
             check(f"{name} benchmark ran", False, results[f"{name}_error"].splitlines()[-1])
@@ -1346,6 +1541,11 @@ def _row(label: str, st: dict[str, Any], *extra: str) -> str:
     """A table row: label, median, min, max (seconds) and any further cells."""
     return "| " + " | ".join([label, *(_s(st[k]) for k in ("median", "min", "max")),
                               *extra]) + " |"
+
+
+def _cols(label: str, values: list[float | None]) -> str:
+    """A table row: label, then one cell of seconds per column."""
+    return "| " + " | ".join([label, *map(_s, values)]) + " |"
 
 
 def report(results: dict[str, Any]) -> str:
@@ -1567,6 +1767,49 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", f"torch {dist['torch']} (gloo), mpi4py {dist['mpi4py']} on MPICH "
                   f"{dist['mpich']}, dask/distributed {dist['dask']}; Dask ranks placed "
                   f"{dist['dask_placement']}.", ""]
+    pool = results.get("pool")
+    if pool:
+        s, r = pool["summary"], pool["summary"]["ratios"]
+        lines += [f"### f. A run through a work pool: one worker, ours vs a plain Prefect "
+                  f"deployment ({pool['reps']} interleaved reps each, seconds)", "",
+                  "| measurement | median | min | max | / peer (medians) |",
+                  "|---|---:|---:|---:|---:|"]
+        rows = [("`Experiment.submit()` to the pool's target + `wait_for_completion()`, wall",
+                 "ours_pool", "wall"),
+                ("peer: `run_deployment()` of a no-op `@flow`, same pool and worker, wall",
+                 "peer", "wall"),
+                ("ours on local compute (as in a), wall", "ours_local", "wall"),
+                ("submit → script start: ours, pool", "ours_pool", "to_script_start"),
+                ("submit → flow body start: peer", "peer", "to_script_start"),
+                ("submit → script start: ours, local", "ours_local", "to_script_start")]
+        for label, name, key in rows:
+            rt = 1.0 if name == "peer" else r[f"{name}_vs_peer"][key]
+            lines.append(_row(label, s[name][key], _x(rt)))
+        walls = [s[n]["wall"]["median"] for n in ("ours_pool", "ours_local")]
+        lines += ["", "The pool route vs local compute (ours, wall medians): "
+                  f"{_x(r['ours_pool_vs_ours_local']['wall'])}, "
+                  f"+{_s(walls[0] - walls[1]) if None not in walls else '–'} s.", ""]
+        lines += ["Both flow runs through the worker (medians, seconds, from the flow run's "
+                  "Prefect states):", "", "| step | ours | peer |", "|---|---:|---:|"]
+        lines += [_cols(label, [s[n]["flow_run_phases"][label]["median"]
+                                for n in ("ours_pool", "peer")])
+                  for label, _, _ in FLOW_RUN_PHASES]
+        lines += ["", "Pending→Running is two fresh Python processes on the worker: a supervisor "
+                  "that runs the deployment's pull steps, then (exec'd in its place) "
+                  "`python -m prefect.engine`. Their imports alone (diagnostic, fresh processes; "
+                  "seconds):", "", "| process | median | min | max |", "|---|---:|---:|---:|"]
+        lines += [_row(label, st) for label, st in pool["imports"]["summary"].items()]
+        lines += ["", "Ours, pool vs local (medians, seconds, from the run record's "
+                  "status_history):", "", "| phase | pool | local |", "|---|---:|---:|"]
+        lines += [_cols(label, [s[n]["phases"][label]["median"]
+                                for n in ("ours_pool", "ours_local")])
+                  for label in s["ours_pool"]["phases"]]
+        lines += [_cols("client notices the end (ended_at → return)",
+                        [s[n]["ended_to_client_exit"]["median"]
+                         for n in ("ours_pool", "ours_local")]), "",
+                  "Worker settings: " + ", ".join(f"`{k}={v}`"
+                                                  for k, v in pool["worker_env"].items()) + ".",
+                  ""]
     bad = [c for c in results["checks"] if not c["ok"]]
     lines.append("Checks: " + ("all passed" if not bad else
                                "FAILED: " + "; ".join(f"{c['check']} ({c['detail']})"
@@ -1577,7 +1820,7 @@ def report(results: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-BENCHMARKS = ("noop", "snapshot", "env", "docker", "dist")
+BENCHMARKS = ("noop", "snapshot", "env", "docker", "dist", "pool")
 RUN_META = ("date", "mode", "machine", "versions", "elapsed_seconds")
 
 
@@ -1653,51 +1896,46 @@ def main(argv: list[str] | None = None) -> int:
     snap_reps, cold_reps, change_reps = (3, 1, 2) if args.quick else (5, 3, 3)
     started = time.perf_counter()
     library = library_fingerprint()
+
+    def after_fresh_server(bench: Callable[..., dict[str, Any]], *bench_args: Any
+                           ) -> dict[str, Any]:
+        if args.only:  # in the full run, the no-op benchmark has started the server afresh
+            fresh_server()
+        return bench(*bench_args)
+
+    def run_noop() -> dict[str, Any]:
+        results["versions"]["mlflow"] = ensure_mlflow()
+        fresh_server()
+        return bench_noop(noop_reps)
+
+    def run_docker() -> dict[str, Any]:
+        if docker_reason:
+            raise RuntimeError(docker_reason)
+        return after_fresh_server(bench_docker, noop_reps)
+
+    docker_reason = docker_unavailable() if args.only in (None, "docker") else None
+    if docker_reason and args.only is None:  # the full run goes on without it
+        results["docker_skipped"] = docker_reason
+        log(f"Docker benchmark skipped: {docker_reason}")
+    benchmarks: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        "noop": ("no-op", run_noop),
+        "snapshot": ("snapshot", lambda: bench_snapshot(args.files, snap_reps, cold_reps,
+                                                        change_reps)),
+        "env": ("environment", lambda: bench_env(env_reps, ENV_HIT_CALLS,
+                                                 not args.no_cold_cache)),
+        "docker": ("Docker", run_docker),
+        "dist": ("distributed launch", lambda: after_fresh_server(bench_dist, dist_reps)),
+        "pool": ("work pool", lambda: after_fresh_server(bench_pool, dist_reps)),
+    }
     try:
-        if args.only in (None, "noop"):
+        for name, (what, bench) in benchmarks.items():
+            if args.only not in (None, name) or f"{name}_skipped" in results:
+                continue
             try:
-                results["versions"]["mlflow"] = ensure_mlflow()
-                fresh_server()
-                results["noop"] = bench_noop(noop_reps)
-            except Exception as exc:
-                results["noop_error"] = "".join(traceback.format_exception(exc))
-                log(f"no-op benchmark failed:\n{results['noop_error']}")
-        if args.only in (None, "snapshot"):
-            try:
-                results["snapshot"] = bench_snapshot(args.files, snap_reps, cold_reps,
-                                                     change_reps)
-            except Exception as exc:
-                results["snapshot_error"] = "".join(traceback.format_exception(exc))
-                log(f"snapshot benchmark failed:\n{results['snapshot_error']}")
-        if args.only in (None, "env"):
-            try:
-                results["env"] = bench_env(env_reps, ENV_HIT_CALLS, not args.no_cold_cache)
-            except Exception as exc:
-                results["env_error"] = "".join(traceback.format_exception(exc))
-                log(f"environment benchmark failed:\n{results['env_error']}")
-        if args.only in (None, "docker"):
-            reason = docker_unavailable()
-            if reason and args.only is None:  # the full run goes on without it
-                results["docker_skipped"] = reason
-                log(f"Docker benchmark skipped: {reason}")
-            else:
-                try:
-                    if reason:
-                        raise RuntimeError(reason)
-                    if args.only:
-                        fresh_server()
-                    results["docker"] = bench_docker(noop_reps)
-                except Exception as exc:
-                    results["docker_error"] = "".join(traceback.format_exception(exc))
-                    log(f"Docker benchmark failed:\n{results['docker_error']}")
-        if args.only in (None, "dist"):
-            try:
-                if args.only:
-                    fresh_server()
-                results["dist"] = bench_dist(dist_reps)
-            except Exception as exc:
-                results["dist_error"] = "".join(traceback.format_exception(exc))
-                log(f"distributed launch benchmark failed:\n{results['dist_error']}")
+                results[name] = bench()
+            except Exception as exc:  # recorded; the other benchmarks go on
+                results[f"{name}_error"] = "".join(traceback.format_exception(exc))
+                log(f"{what} benchmark failed:\n{results[f'{name}_error']}")
     finally:
         if not args.keep_server:
             stop_server()

@@ -260,7 +260,7 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
                    gpus: str | None = None, address: str | None = None,
                    scheduler_file: str | None = None, cluster_class: str | None = None,
                    cluster_kwargs: str | None = None, concurrency_limit: int | None = None,
-                   common: Common = _NO_COMMON) -> int:
+                   python: str | None = None, common: Common = _NO_COMMON) -> int:
     """Create or update a compute target: its block, work pool NAME and deployment
     ``submit-run/NAME``. Then start a worker where the target lives:
     ``prefect worker start --pool NAME``.
@@ -295,6 +295,9 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         dask: JSON keyword arguments of the cluster class.
     concurrency_limit
         At most this many runs at once on this target (the work pool's limit).
+    python
+        The workers' Python (with prefect-mltrain), e.g. /opt/venv/bin/python: each run
+        then starts ~3 s sooner (no supervisor process). It must exist on every worker.
     """
     from .pools import create_target, target_from_options
     from .server import using_server
@@ -307,7 +310,8 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
     }.items() if v is not None}
     target = target_from_options(type, settings)
     with using_server():
-        info = create_target(name, target, concurrency_limit=concurrency_limit)
+        info = create_target(name, target, concurrency_limit=concurrency_limit,
+                             python=python)
     verb = "created" if info["created"] else "updated"
     _emit(common, info, f"{verb} compute target {name!r} ({info['type']}): work pool {name!r}, "
           f"deployment {info['deployment']!r}\nstart its worker with: "

@@ -10,6 +10,7 @@ submit once its own run is over (so the two never compete for the CPU).
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import importlib
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -175,11 +177,7 @@ def serve(path: Path) -> None:
 
 
 def _run_child(conn: socket.socket, request: dict) -> None:
-    """In the forked runner: become the run's own process, run the flow, exit normally.
-
-    Exiting through ``SystemExit`` (not ``os._exit``) lets Prefect drain its log and
-    event queues at interpreter shutdown.
-    """
+    """In the forked runner: become the run's own process, run the flow, exit."""
     conn.close()
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -199,7 +197,20 @@ def _run_child(conn: socket.socket, request: dict) -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
-    raise SystemExit(code)
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    """Do what interpreter shutdown must (join non-daemon threads, run ``atexit``, where
+    Prefect drains its log and event queues), then skip tearing down the big heap of
+    imported modules: ~0.45 s of CPU per runner that the next run would compete with."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    threading._shutdown()  # what the interpreter itself calls first at exit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,11 @@ def test_repository_deployments_run_with_prefect_cli_and_run_deployment(cpu_box,
             assert f"'{name}' successfully created" in " ".join(deploy.stdout.split()), name
     finally:
         mltrain("compute", "delete", "gpu-box")
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        nightly_schedules = client.read_deployment_by_name("retrain/nightly").schedules
+    assert [(s.schedule.cron, s.active) for s in nightly_schedules] == [("0 3 * * *", False)]
     ws = tmp_path / "ws"
     params = {"experiment": "from-cli", "workspace": str(ws),
               "config": {"source_directory": "../prefect_mltrain/demo", "script": "train.py",
@@ -253,3 +258,24 @@ def test_memory_workspace_cannot_be_sent_to_a_worker(cpu_box, tmp_path):
     with pytest.raises(ConfigurationError, match="memory://"):
         Experiment(Workspace("memory://deploy-test"), "m").submit(ScriptRunConfig(
             source_directory=proj, script="train.py", compute_target="cpu-box"))
+
+
+def test_a_pool_given_the_workers_python_starts_the_engine_directly(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    created = mltrain("compute", "create", "fast-box", "--python", sys.executable, "--json")
+    assert created.returncode == 0, created.stderr
+    try:
+        with get_client(sync_client=True) as client:
+            template = client.read_work_pool("fast-box").base_job_template
+        assert template["variables"]["properties"]["command"]["default"] == (
+            f"{sys.executable} -m prefect.engine")
+        proj = tmp_path / "proj"
+        write_script(proj, "train.py", "print('fast start')\n")
+        run = Experiment(Workspace(tmp_path / "ws"), "fast").submit(ScriptRunConfig(
+            source_directory=proj, script="train.py", compute_target="fast-box"))
+        out = finish(start_worker("fast-box"))
+        assert run.wait_for_completion(timeout=60)["status"] == "Completed", out[-3000:]
+        assert "_workspace_supervisor" not in out
+    finally:
+        mltrain("compute", "delete", "fast-box")
