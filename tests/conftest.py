@@ -42,9 +42,11 @@ def prefect_server(mltrain_home):
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler().flush()  # what this process still has to send goes while the server
-        EventsWorker.drain_all()  # is up (else Prefect starts a temporary server at exit)
-    os.environ.pop("PREFECT_API_URL", None)
+        EventsWorker.drain_all()  # is up
     server.stop_server()  # and the warm runners
+    # PREFECT_API_URL stays set: without it, a late log line at exit would make Prefect
+    # start a temporary server just to send it.
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
 
 
 @pytest.fixture
