@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' loopback Dask cluster, shared
+from dask_cluster import loopback_cluster, start_group, stop_groups  # noqa: E402
+
 WORK = HERE / ".work"
 RESULTS = HERE / "results.json"
 VENV_BIN = Path(sys.executable).parent
@@ -1027,58 +1029,6 @@ TORCH_IMPORT_PY = ("import time; t = time.perf_counter(); import torch.distribut
                    "print(time.perf_counter() - t)")
 
 
-def start_group(argv: list[str], log_file: Path,
-                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A long-lived helper process in its own process group, its output to ``log_file``."""
-    with open(log_file, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_groups(procs: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
-    """Terminate the process groups of ``procs`` (see ``start_group``); kill what is left
-    after ``grace`` seconds."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def loopback_dask_cluster(folder: Path, hosts: int, workers_per_host: int):
-    """A real Dask cluster on loopback "hosts" 127.0.0.2, 127.0.0.3, … (as
-    ``tests/dask_cluster.py``): a scheduler and ``workers_per_host`` workers per host; its
-    address. The workers inherit this process's environment (MLTRAIN_HOME: they find the
-    run's environment already built)."""
-    from distributed import Client
-
-    from prefect_mltrain.distributed import free_port
-
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port("127.0.0.1")
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(VENV_BIN / "dask")
-    procs = [start_group([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                          "--no-dashboard"], folder / "scheduler.log")]
-    try:
-        for h in range(2, hosts + 2):
-            procs.append(start_group([dask, "worker", address, "--host", f"127.0.0.{h}",
-                                      "--nworkers", str(workers_per_host), "--nthreads", "1",
-                                      "--no-dashboard", "--local-directory",
-                                      str(folder / f"host{h}")], folder / f"host{h}.log"))
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(hosts * workers_per_host, timeout=90)
-        yield address
-    finally:
-        stop_groups(procs)
-
-
 def with_segments(rec: dict[str, Any], stamp: Path, ws: Any = None) -> dict[str, Any]:
     """``rec`` (of ``submit_and_wait`` / ``run_peer``) cut at rank 0's stamps: start →
     barrier passed → end; for our runs also the run record's Running → rank 0's start."""
@@ -1204,7 +1154,7 @@ def bench_dist(reps: int) -> dict[str, Any]:
         + ("" if first["ok"] else f"\n{first['error']}"))
     hosts, per_host = 2, DIST_RANKS // 2
     t = time.perf_counter()
-    with loopback_dask_cluster(root / "dask", hosts, per_host) as address:
+    with loopback_cluster(root / "dask", hosts, per_host) as address:
         cluster_start = time.perf_counter() - t
         log(f"Dask cluster at {address}: {hosts} hosts × {per_host} workers "
             f"({cluster_start:.1f} s, not timed)")
