@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class RankLogs:
 
 def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
             max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
-            secrets: list[str] = (), on_sync: Any = None) -> Outcome:
+            secrets: list[str] = (), on_sync: Callable[[], None] | None = None) -> Outcome:
     """Drive ``job`` to its end; the final sync is the caller's (it must run after any end).
 
     Values of ``secrets`` are masked in every output line before it is stored or logged;

@@ -71,7 +71,7 @@ def create_target(name: str, target: ComputeTarget, concurrency_limit: int | Non
             "give this target another name, e.g. 'cpu-box'")
     block_id = target.save(name, overwrite=True)
     template = base_job_template(name, target, python)
-    description = description or f"prefect-mltrain compute target {name!r} ({target.describe()})"
+    description = description or f"prefect-mltrain compute target {name!r} ({type(target).__name__})"
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
