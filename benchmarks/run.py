@@ -942,7 +942,7 @@ TORCH_SPEC = "torch==2.13.0"  # the registry's CPU build (a bare `torch` pulls C
 DIST_RANKS = 4
 # The first line stamps rank 0's start (before any import), the line after the barrier the
 # moment every rank has joined; the script's path is passed as its argument on both sides.
-DDP_PY = '''\
+RANK0_STAMP_PY = '''\
 import os
 import sys
 import time
@@ -954,6 +954,8 @@ if STAMP and RANK == "0":
     with open(STAMP, "w") as f:
         f.write(repr(started))
 
+'''
+DDP_PY = RANK0_STAMP_PY + '''\
 import torch.distributed as dist  # noqa: E402
 
 dist.init_process_group("gloo")
@@ -965,18 +967,7 @@ if dist.get_rank() == 0:
             f.write(repr(time.time()))
 dist.destroy_process_group()
 '''
-MPI_PY = '''\
-import os
-import sys
-import time
-
-started = time.time()
-STAMP = sys.argv[1] if len(sys.argv) > 1 else None
-RANK = os.environ.get("RANK", os.environ.get("PMI_RANK", "0"))
-if STAMP and RANK == "0":
-    with open(STAMP, "w") as f:
-        f.write(repr(started))
-
+MPI_PY = RANK0_STAMP_PY + '''\
 from mpi4py import MPI  # noqa: E402
 
 MPI.COMM_WORLD.Barrier()
