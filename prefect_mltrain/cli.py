@@ -300,7 +300,6 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         then starts ~3 s sooner (no supervisor process). It must exist on every worker.
     """
     from .pools import create_target, target_from_options
-    from .server import using_server
 
     settings = {k: v for k, v in {
         "base_url": base_url, "image": image, "network_mode": network_mode,
@@ -309,9 +308,7 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         "cluster_kwargs": _json_option("--cluster-kwargs", cluster_kwargs),
     }.items() if v is not None}
     target = target_from_options(type, settings)
-    with using_server():
-        info = create_target(name, target, concurrency_limit=concurrency_limit,
-                             python=python)
+    info = create_target(name, target, concurrency_limit=concurrency_limit, python=python)
     verb = "created" if info["created"] else "updated"
     _emit(common, info, f"{verb} compute target {name!r} ({info['type']}): work pool {name!r}, "
           f"deployment {info['deployment']!r}\nstart its worker with: "
@@ -332,10 +329,8 @@ def _json_option(flag: str, value: str | None) -> Any:
 def compute_list(common: Common = _NO_COMMON) -> int:
     """List compute targets with their work pools."""
     from .pools import list_targets
-    from .server import using_server
 
-    with using_server():
-        rows = list_targets()
+    rows = list_targets()
     text = "\n".join(f"{r['name']:<24} {r['type']:<24} {r['work_pool'] or '-'}" for r in rows)
     _emit(common, rows, f"{'NAME':<24} {'TYPE':<24} WORK POOL\n{text}")
     return 0
@@ -345,10 +340,8 @@ def compute_list(common: Common = _NO_COMMON) -> int:
 def compute_delete(name: str, common: Common = _NO_COMMON) -> int:
     """Delete a compute target's deployment, work pool and block."""
     from .pools import delete_target
-    from .server import using_server
 
-    with using_server():
-        done = delete_target(name)
+    done = delete_target(name)
     _emit(common, {"name": name, "deleted": done},
           f"deleted {', '.join(k for k, v in done.items() if v)} of {name!r}")
     return 0

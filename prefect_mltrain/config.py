@@ -182,3 +182,13 @@ def target_name(target: Any) -> str | dict[str, Any]:
     if name:
         return f"{slug}/{name}"
     return {"block_type_slug": slug, "settings": target.model_dump(mode="json")}
+
+
+def saved_target_name(recorded: Any) -> str | None:
+    """``"gpu-box"`` for a saved target as a run record names it (``"gpu-box"`` or
+    ``"mltrain-docker-compute/gpu-box"``); None for ``"local"`` and unsaved targets, which
+    never have a work pool. Prefect-free, so that a local submit imports no Prefect."""
+    if not isinstance(recorded, str):
+        return None
+    name = recorded.rsplit("/", 1)[-1]
+    return None if name in ("", "local") else name

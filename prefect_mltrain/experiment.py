@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 from . import warm
-from .config import ScriptRunConfig
+from .config import ScriptRunConfig, saved_target_name, target_name
 from .errors import ConfigurationError
 from .home import mltrain_home
 from .records import DEPLOYED, RunStatus, check_name, new_record, new_run_id, run_dir, set_status
@@ -47,7 +47,7 @@ class Experiment:
         process; follow it with ``run.wait_for_completion(show_output=True)``.
         """
         config = _as_script_run_config(config)
-        deployment = self._deployment(config.record()["compute_target"])
+        deployment = self._deployment(target_name(config.compute_target))
         run = self.create_run(config, tags=tags)
         secrets = config.environment.secrets() if config.environment else {}
         return self._start(run, secrets, deployment)
@@ -62,8 +62,9 @@ class Experiment:
         tags = {check_name(str(k), "tag key"): str(v) for k, v in (tags or {}).items()}
         run_id = new_run_id(self.name)
         folder = run_dir(self.name, run_id)
-        record = new_record(self.name, run_id, config=config.record(),
-                            compute_target=config.record()["compute_target"])
+        recorded = config.record()
+        record = new_record(self.name, run_id, config=recorded,
+                            compute_target=recorded["compute_target"])
         if take_snapshot:
             snap = capture(ws, config.source_directory, progress=sys.stderr.isatty())
             record["snapshot_id"] = snap.snapshot_id
@@ -99,11 +100,11 @@ class Experiment:
     def _deployment(self, target: Any) -> str | None:
         """The deployment of ``target``'s work pool (checked before anything is written),
         or None to run here."""
+        if saved_target_name(target) is None:
+            return None  # runs here; and a local submit imports no Prefect
         from .pools import deployment_for
-        from .server import using_server
 
-        with using_server():
-            deployment = deployment_for(target)
+        deployment = deployment_for(target)
         if deployment and self.workspace.protocol == "memory":
             raise ConfigurationError(
                 f"{deployment} runs on a worker, which cannot see this process's memory:// "

@@ -1,5 +1,7 @@
 """Compute targets as Prefect work pools: one block, one pool and one deployment per name.
 
+Every function here talks to the configured Prefect API, else to the embedded server.
+
 ``create_target("gpu-box", DockerCompute(...))`` saves the target's block (settings and
 secrets), creates or updates the work pool "gpu-box" (built-in ``process`` type, a base
 job template generated from the target) and deploys the ``submit-run`` flow to it as
@@ -17,9 +19,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from .compute.base import ComputeTarget, resolve_compute_target
+from .compute.base import ComputeTarget, resolve_compute_target, target_classes
+from .config import saved_target_name
 from .errors import ComputeTargetUnavailableError, ConfigurationError
 from .records import check_name
+from .server import using_server
 
 FLOW_NAME = "submit-run"
 BUILTIN = "local"  # this machine: never routed through a pool
@@ -27,11 +31,6 @@ BUILTIN = "local"  # this machine: never routed through a pool
 
 def deployment_name(target: str) -> str:
     return f"{FLOW_NAME}/{target}"
-
-
-def _short(name: str) -> str:
-    """``"mltrain-docker-compute/gpu-box"`` or ``"gpu-box"`` -> ``"gpu-box"``."""
-    return name.rsplit("/", 1)[-1]
 
 
 def base_job_template(name: str, target: ComputeTarget,
@@ -56,6 +55,7 @@ def base_job_template(name: str, target: ComputeTarget,
     return template
 
 
+@using_server()
 def create_target(name: str, target: ComputeTarget, concurrency_limit: int | None = None,
                   description: str | None = None, python: str | None = None) -> dict[str, Any]:
     """Save ``target`` as ``name``, and create (or update) its work pool and deployment.
@@ -103,15 +103,14 @@ def _deploy(name: str) -> Any:
     return deployment.apply()
 
 
+@using_server()
 def list_targets() -> list[dict[str, Any]]:
     """Every saved compute target with its work pool (if any), plus the built-in ``local``."""
-    from .compute import dask, docker, local  # noqa: F401 - every target class is known
-
     rows = [{"name": BUILTIN, "type": "mltrain-local-compute", "work_pool": None,
              "deployment": None, "description": "this machine (built in)"}]
     with get_client(sync_client=True) as client:
         pools = {pool.name: pool for pool in client.read_work_pools()}
-        for cls in ComputeTarget.__subclasses__():
+        for cls in target_classes():
             try:
                 docs = client.read_block_documents_by_type(cls.get_block_type_slug(),
                                                            include_secrets=False)
@@ -126,10 +125,9 @@ def list_targets() -> list[dict[str, Any]]:
     return rows
 
 
+@using_server()
 def delete_target(name: str) -> dict[str, bool]:
     """Delete the target's deployment, work pool and block; reports what existed."""
-    from .compute import dask, docker, local  # noqa: F401
-
     done = {"deployment": False, "work_pool": False, "block": False}
     with get_client(sync_client=True) as client:
         try:
@@ -142,7 +140,7 @@ def delete_target(name: str) -> dict[str, bool]:
             done["work_pool"] = True
         except ObjectNotFound:
             pass
-        for cls in ComputeTarget.__subclasses__():
+        for cls in target_classes():
             try:
                 doc = client.read_block_document_by_name(name, cls.get_block_type_slug())
             except ObjectNotFound:
@@ -158,16 +156,17 @@ def delete_target(name: str) -> dict[str, bool]:
 def deployment_for(recorded: Any) -> str | None:
     """``submit-run/NAME`` when a run's target (as its record names it) has a work pool;
     None to run it here. A name that is no saved target raises."""
-    if not isinstance(recorded, str) or _short(recorded) == BUILTIN:
-        return None  # "local", or an unsaved target object
-    name = deployment_name(_short(recorded))
-    with get_client(sync_client=True) as client:
+    target = saved_target_name(recorded)
+    if target is None:
+        return None
+    name = deployment_name(target)
+    with using_server(), get_client(sync_client=True) as client:
         try:
             if client.read_deployment_by_name(name).work_pool_name:
                 return name
         except ObjectNotFound:
             pass
-    resolve_compute_target(recorded)  # a saved target without a pool runs here; else raise
+        resolve_compute_target(recorded)  # a saved target without a pool runs here; else raise
     return None
 
 

@@ -66,10 +66,16 @@ class ComputeTarget(Block):
         return None
 
 
+def target_classes() -> list[type[ComputeTarget]]:
+    """Every compute target class (importing them registers their block types)."""
+    from . import dask, docker, local  # noqa: F401
+
+    return ComputeTarget.__subclasses__()
+
+
 def resolve_compute_target(target: Any) -> ComputeTarget:
     """``"local"``, a saved target's name (``"docker-compute/gpu-box"`` or ``"gpu-box"``),
     or a target object -> a ready target."""
-    from . import dask, docker  # noqa: F401 - registers the block classes for lookups by slug
     from .local import LocalCompute
 
     if isinstance(target, ComputeTarget):
@@ -81,7 +87,7 @@ def resolve_compute_target(target: Any) -> ComputeTarget:
         return cls.model_validate(target["settings"])
     name = str(target)
     candidates = [name] if "/" in name else [
-        f"{cls.get_block_type_slug()}/{name}" for cls in ComputeTarget.__subclasses__()
+        f"{cls.get_block_type_slug()}/{name}" for cls in target_classes()
     ]
     for candidate in candidates:
         try:
