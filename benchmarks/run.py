@@ -1478,6 +1478,11 @@ def _load(load: list[float] | tuple[float, ...] | None) -> str:
     return "–" if not load else "/".join(f"{x:.1f}" for x in load)
 
 
+def _ratio_head(ratio: str) -> list[str]:
+    """The head of a table of timings with a ratio column."""
+    return [f"| measurement | median | min | max | {ratio} |", "|---|---:|---:|---:|---:|"]
+
+
 def _row(label: str, st: dict[str, Any], *extra: str) -> str:
     """A table row: label, median, min, max (seconds) and any further cells."""
     return "| " + " | ".join([label, *(_s(st[k]) for k in ("median", "min", "max")),
@@ -1506,8 +1511,7 @@ def report(results: dict[str, Any]) -> str:
         s = noop["summary"]
         lines += [f"### a. No-op run end to end, local compute ({noop['reps']} interleaved reps "
                   "each, seconds)", "",
-                  "| measurement | median | min | max | ours / MLflow (medians) |",
-                  "|---|---:|---:|---:|---:|"]
+                  *_ratio_head("ours / MLflow (medians)")]
         rows = [("`mltrain submit` CLI, wall (fresh process)", "mltrain_cli", "wall"),
                 ("`Experiment.submit()` + `wait_for_completion()`, wall", "mltrain_api", "wall"),
                 ("`mlflow run --env-manager local` (sqlite), wall", "mlflow_run", "wall"),
@@ -1627,8 +1631,7 @@ def report(results: dict[str, Any]) -> str:
         s, img = dock["summary"], dock["environment_image"]
         lines += [f"### d. Docker target: no-op run vs `docker run` ({dock['reps']} interleaved "
                   "reps each, image cached, seconds)", "",
-                  "| measurement | median | min | max | ours / `docker run` (medians) |",
-                  "|---|---:|---:|---:|---:|"]
+                  *_ratio_head("ours / `docker run` (medians)")]
         rows = [("`Experiment.submit()` + `wait_for_completion()`, `DockerCompute`, wall",
                  "ours", "wall"),
                 ("peer: `docker run --rm` of the same image and script, wall", "docker_run",
@@ -1659,8 +1662,7 @@ def report(results: dict[str, Any]) -> str:
         s, cl = dist["summary"], dist["dask_cluster"]
         lines += [f"### e. Distributed launch: {dist['ranks']} ranks of a no-op ({dist['reps']} "
                   "interleaved reps each, seconds)", "",
-                  "| measurement | median | min | max | ours / peer (medians) |",
-                  "|---|---:|---:|---:|---:|"]
+                  *_ratio_head("ours / peer (medians)")]
         rows = [("`PyTorchConfiguration`, local compute, wall", "ours_local", "torchrun"),
                 (f"`PyTorchConfiguration`, `DaskCompute` ({cl['hosts']} hosts × "
                  f"{cl['workers_per_host']} workers), wall", "ours_dask", "torchrun"),
@@ -1673,8 +1675,7 @@ def report(results: dict[str, Any]) -> str:
             lines.append(_row(label, s[name]["wall"], _x(r)))
         lines += ["", f"Against the floor (diagnostic: the {dist['ranks']} ranks started at once "
                   "by a stdlib-only Python with torchrun's variables, no agent; seconds):", "",
-                  "| measurement | median | min | max | / floor (medians) |",
-                  "|---|---:|---:|---:|---:|"]
+                  *_ratio_head("/ floor (medians)")]
         for label, name in (("floor: the ranks alone, wall", "floor"),
                             ("ours, local compute", "ours_local"), ("ours, Dask", "ours_dask"),
                             ("`torchrun`", "torchrun")):
@@ -1713,8 +1714,7 @@ def report(results: dict[str, Any]) -> str:
         s, r = pool["summary"], pool["summary"]["ratios"]
         lines += [f"### f. A run through a work pool: one worker, ours vs a plain Prefect "
                   f"deployment ({pool['reps']} interleaved reps each, seconds)", "",
-                  "| measurement | median | min | max | / peer (medians) |",
-                  "|---|---:|---:|---:|---:|"]
+                  *_ratio_head("/ peer (medians)")]
         rows = [("`Experiment.submit()` to the pool's target + `wait_for_completion()`, wall",
                  "ours_pool", "wall"),
                 ("peer: `run_deployment()` of a no-op `@flow`, same pool and worker, wall",
