@@ -8,6 +8,7 @@ or a cancel from the Prefect UI.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -49,8 +50,15 @@ class Watchdog(threading.Thread):
         self.pgid: int | None = None
         self._stop = threading.Event()
         self._last_beat = 0.0
+        # A thread starts with empty context variables, so it would not see the Prefect
+        # settings of the flow that started it (a user's own flow, a test's server) and its
+        # client would fall back to a temporary server: it runs in a copy of the creator's.
+        self._context = contextvars.copy_context()
 
     def run(self) -> None:
+        self._context.run(self._loop)
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.tick()

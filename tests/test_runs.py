@@ -418,8 +418,9 @@ def test_cancel_from_prefect_ends_canceled_with_no_process_left(ws, tmp_path):
     assert _flow_run_state(details["flow_run_id"]) == "CANCELLED"
 
 
-def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path):
+def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path, prefect_server):
     from prefect import flow
+    from prefect.server.api.server import SubprocessASGIServer
 
     from prefect_mltrain import submit_run
 
@@ -440,3 +441,5 @@ def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path):
     details = run.get_details()
     assert details["status"] == "Completed" and details["tags"] == {"stage": "train"}
     assert ws.exists(f"snapshots/{details['snapshot_id']}.json")
+    # the run's watchdog thread polled the caller's server, not a temporary one of its own
+    assert not SubprocessASGIServer._instances
