@@ -68,7 +68,7 @@ class ComputeTarget(Block):
 
 def target_classes() -> list[type[ComputeTarget]]:
     """Every compute target class (importing them registers their block types)."""
-    from . import dask, docker, local  # noqa: F401
+    from . import blocks  # noqa: F401
 
     return ComputeTarget.__subclasses__()
 
@@ -82,13 +82,12 @@ def resolve_compute_target(target: Any) -> ComputeTarget:
         return target
     if target in (None, "", "local"):
         return LocalCompute()
-    classes = target_classes()  # a block type is found by its slug only once imported
     if isinstance(target, dict):  # an unsaved target, recorded with its settings
         cls = Block.get_block_class_from_key(target["block_type_slug"])
         return cls.model_validate(target["settings"])
     name = str(target)
     candidates = [name] if "/" in name else [
-        f"{cls.get_block_type_slug()}/{name}" for cls in classes
+        f"{cls.get_block_type_slug()}/{name}" for cls in target_classes()
     ]
     for candidate in candidates:
         try:
