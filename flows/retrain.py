@@ -10,7 +10,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from prefect_mltrain import Experiment, ScriptRunConfig, submit_run
-from prefect_mltrain.flows import open_workspace
+from prefect_mltrain.workspace import open_workspace
 
 
 @flow(name="retrain")

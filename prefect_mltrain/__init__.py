@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Workspace": "workspace",
     "WorkspaceSettings": "workspace",
-    "Experiment": "experiment",
+    "Experiment": "run",
     "Run": "run",
     "RunStatus": "records",
     "ScriptRunConfig": "config",

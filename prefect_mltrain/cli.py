@@ -56,6 +56,23 @@ def _emit(common: Common, data: Any, text: str) -> None:
     print(jsonlib.dumps(data, indent=1, default=str) if common.json else text)
 
 
+def _emit_table(common: Common, rows: list[dict[str, Any]], columns: dict[str, str],
+                empty: str) -> None:
+    """``rows`` as JSON, or as a table of ``columns`` (key -> heading) on stdout."""
+    if common.json or not rows:
+        _emit(common, rows, empty)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for heading in columns.values():
+        table.add_column(heading, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if row.get(key) is None else str(row[key]) for key in columns))
+    Console(soft_wrap=True).print(table)
+
+
 def _tty() -> bool:
     return sys.stderr.isatty()
 
@@ -107,7 +124,7 @@ def submit(source_directory: str, script: str, *arguments: str,
         Follow the run's output until it ends (``--no-wait``: print its id and return).
     """
     from .config import ScriptRunConfig
-    from .experiment import Experiment
+    from .run import Experiment
 
     bad = [t for t in tag if "=" not in t]
     if bad:
@@ -153,18 +170,20 @@ def runs_list(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
     limit
         At most this many runs per experiment.
     """
-    from .experiment import Experiment
+    from .store import RunStore
+    from .watch import Watcher
 
-    ws = _workspace(common)
+    store = RunStore(_workspace(common))
+    watcher = Watcher(store)  # a run whose runner died shows as ended, with the reason
     rows = []
-    for name in [experiment] if experiment else ws.list_experiments():
-        for run in Experiment(ws, name).get_runs()[:limit]:
-            record = run._record
-            rows.append({"run_id": run.id, "experiment": name, "status": record["status"],
-                         "created_at": record.get("created_at")})
+    for name in [experiment] if experiment else store.experiments():
+        records = [r for r in store.records(name) if not r.parent_run_id][:limit]
+        rows += [{"run_id": r.run_id, "experiment": name, "status": r.status.value,
+                  "created_at": r.created_at}
+                 for r in map(watcher.settle, records)]
     rows.sort(key=lambda r: r["created_at"] or 0, reverse=True)
-    text = "\n".join(f"{r['run_id']:<48} {r['status']:<11} {r['experiment']}" for r in rows)
-    _emit(common, rows, text or "no runs yet")
+    _emit_table(common, rows, {"run_id": "RUN", "status": "STATUS", "experiment": "EXPERIMENT"},
+                "no runs yet")
     return 0
 
 
@@ -172,8 +191,10 @@ def runs_list(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
 def runs_show(run_id: str, common: Common = _NO_COMMON) -> int:
     """Show a run: status, exit code, error, metrics and files."""
     from .run import Run
+    from .watch import Watcher
 
     run = Run.get(_workspace(common), run_id)
+    Watcher(run._store).settle(run._record())
     details = {**run.get_details(), "metrics": run.get_metrics(), "files": run.get_file_names()}
     keys = ("run_id", "status", "exit_code", "error", "snapshot_id", "compute_target",
             "flow_run_url", "tags", "metrics", "files")
@@ -185,14 +206,15 @@ def runs_show(run_id: str, common: Common = _NO_COMMON) -> int:
 def logs(run_id: str, follow: Annotated[bool, Parameter(alias="-f")] = False,
          common: Common = _NO_COMMON) -> int:
     """Print a run's output (``--follow``: until the run ends)."""
-    from .run import Run
+    from .store import RunStore
     from .watch import LogFollower, follow_run
 
-    run = Run.get(_workspace(common), run_id)
+    store = RunStore(_workspace(common))
+    experiment = store.experiment_of(run_id)
     if follow:
-        record = follow_run(run, show_output=True)
-        return 0 if record["status"] == "Completed" else 1
-    lines = LogFollower(run).new_lines()
+        record = follow_run(store, experiment, run_id, show_output=True)
+        return 0 if record.status == "Completed" else 1
+    lines = LogFollower(store, experiment, run_id).new_lines()
     _emit(common, lines, "\n".join(lines))
     return 0
 
@@ -299,7 +321,8 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         The workers' Python (with prefect-mltrain), e.g. /opt/venv/bin/python: each run
         then starts ~3 s sooner (no supervisor process). It must exist on every worker.
     """
-    from .pools import create_target, target_from_options
+    from .compute.registry import from_options
+    from .pools import create_target
 
     settings = {k: v for k, v in {
         "base_url": base_url, "image": image, "network_mode": network_mode,
@@ -307,7 +330,7 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         "address": address, "scheduler_file": scheduler_file, "cluster_class": cluster_class,
         "cluster_kwargs": _json_option("--cluster-kwargs", cluster_kwargs),
     }.items() if v is not None}
-    target = target_from_options(type, settings)
+    target = from_options(type, settings)
     info = create_target(name, target, concurrency_limit=concurrency_limit, python=python)
     verb = "created" if info["created"] else "updated"
     _emit(common, info, f"{verb} compute target {name!r} ({info['type']}): work pool {name!r}, "
@@ -330,9 +353,8 @@ def compute_list(common: Common = _NO_COMMON) -> int:
     """List compute targets with their work pools."""
     from .pools import list_targets
 
-    rows = list_targets()
-    text = "\n".join(f"{r['name']:<24} {r['type']:<24} {r['work_pool'] or '-'}" for r in rows)
-    _emit(common, rows, f"{'NAME':<24} {'TYPE':<24} WORK POOL\n{text}")
+    _emit_table(common, list_targets(),
+                {"name": "NAME", "type": "TYPE", "work_pool": "WORK POOL"}, "no targets")
     return 0
 
 
@@ -358,9 +380,10 @@ def env_list(common: Common = _NO_COMMON) -> int:
     rows = [{"name": name, "version": env.version, "hash": env.spec_hash()[:12],
              "packages": env.python.conda_dependencies.pip_packages}
             for name, env in Environment.list(_workspace(common)).items()]
-    text = "\n".join(f"{r['name']:<28} v{r['version'] or '-':<4} {r['hash']}  "
-                     f"{' '.join(r['packages'])[:80]}" for r in rows)
-    _emit(common, rows, text)
+    _emit_table(common, [{**r, "packages": " ".join(r["packages"])} for r in rows]
+                if not common.json else rows,
+                {"name": "NAME", "version": "VERSION", "hash": "HASH", "packages": "PACKAGES"},
+                "no environments")
     return 0
 
 
@@ -375,10 +398,10 @@ def env_build(spec: str, common: Common = _NO_COMMON) -> int:
         from rich.console import Console
 
         with Console(stderr=True).status(f"building {env.name}") as status:
-            built = build_environment(env, on_line=lambda line: status.update(
+            built = build_environment(env.build_spec(), on_line=lambda line: status.update(
                 f"building {env.name}: {line[:100]}"))
     else:
-        built = build_environment(env)
+        built = build_environment(env.build_spec())
     info = {"name": env.name, **built.record()}
     _emit(common, info, f"{env.name}: {built.interpreter} ("
           + ("cached" if built.cached else f"built in {built.build_seconds:.1f} s") + ")")
@@ -401,8 +424,9 @@ def server_start(common: Common = _NO_COMMON) -> int:
 @server_app.command(name="stop")
 def server_stop(common: Common = _NO_COMMON) -> int:
     """Stop the embedded Prefect server and the warm runners."""
-    from . import server
+    from . import runner, server
 
+    runner.stop_all()
     stopped = server.stop_server()
     _emit(common, {"stopped": stopped}, "stopped" if stopped else "not running")
     return 0

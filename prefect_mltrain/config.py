@@ -1,7 +1,10 @@
 """What to run and where: ``ScriptRunConfig`` and the distributed job configurations.
 
 These are pydantic models because they are also the parameters of the ``submit_run``
-flow: the Prefect UI renders them as a form and the server validates them.
+flow: the Prefect UI renders them as a form and the server validates them. A run record
+keeps its configuration in this same form; validated with the context
+``{"recorded": True}`` (a record read back on any machine), the checks that look at this
+machine's files are skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .environment import Environment, _Model
 
@@ -85,7 +88,8 @@ class ScriptRunConfig(_Model):
         default_factory=list, description="Command-line arguments passed to the script."
     )
     compute_target: Any = Field(
-        "local", description="Where the script runs: 'local' (default) or a compute target."
+        "local", description="Where the script runs: 'local' (default), the name of a "
+        "saved compute target, or a compute target."
     )
     environment: Environment | None = Field(
         None, description="Python environment; the default environment when empty."
@@ -99,9 +103,11 @@ class ScriptRunConfig(_Model):
 
     @field_validator("source_directory", mode="before")
     @classmethod
-    def _resolve_source(cls, value: Any) -> str:
+    def _resolve_source(cls, value: Any, info: ValidationInfo) -> str:
         if not isinstance(value, str | os.PathLike):
             raise ValueError("source_directory must be a path (str or pathlib.Path)")
+        if _recorded(info):
+            return os.fspath(value)
         path = Path(value).expanduser().resolve()
         if not path.exists():
             raise ValueError(
@@ -131,18 +137,20 @@ class ScriptRunConfig(_Model):
             return value
         if hasattr(value, "launch"):
             return value
+        if isinstance(value, dict) and "block_type_slug" in value:
+            return value  # an unsaved target as a run record names it
         raise ValueError(
             "compute_target must be 'local', the name of a saved compute target, or a "
             f"compute target object; got {value!r}"
         )
 
     @model_validator(mode="after")
-    def _check_entry_point(self) -> ScriptRunConfig:
+    def _check_entry_point(self, info: ValidationInfo) -> ScriptRunConfig:
         if (self.script is None) == (self.command is None):
             raise ValueError("give exactly one of script= or command=")
         if self.command is not None and not self.command:
             raise ValueError("command= is empty: give the program and its arguments")
-        if self.script is not None:
+        if self.script is not None and not _recorded(info):
             source = Path(self.source_directory)
             script = (source / self.script).resolve()
             if not script.is_relative_to(source):
@@ -158,37 +166,16 @@ class ScriptRunConfig(_Model):
         return self
 
     def argv(self, python: str) -> list[str]:
-        """The process arguments, with ``python`` as the interpreter for a script."""
+        """The process arguments, with ``python`` as the interpreter: of a script, or of a
+        command that starts with ``python``/``python3``."""
         args = [str(a) for a in self.arguments]
         if self.script is not None:
             return [python, "-u", self.script, *args]
-        return [*self.command, *args]
-
-    def record(self) -> dict[str, Any]:
-        """The JSON form stored in the run record (secrets removed, target by name)."""
-        data = self.model_dump(mode="json", exclude={"compute_target", "environment"})
-        data["compute_target"] = target_name(self.compute_target)
-        data["environment"] = self.environment.record() if self.environment else None
-        return data
+        command = list(self.command)
+        if command[0] in ("python", "python3"):
+            command[0] = python
+        return [*command, *args]
 
 
-def target_name(target: Any) -> str | dict[str, Any]:
-    """How a run record names its compute target: ``"local"``, a saved target's
-    ``"slug/name"``, or an unsaved target's type and settings (secret values masked)."""
-    if isinstance(target, str):
-        return target
-    name = getattr(target, "_block_document_name", None)
-    slug = target.get_block_type_slug()
-    if name:
-        return f"{slug}/{name}"
-    return {"block_type_slug": slug, "settings": target.model_dump(mode="json")}
-
-
-def saved_target_name(recorded: Any) -> str | None:
-    """``"gpu-box"`` for a saved target as a run record names it (``"gpu-box"`` or
-    ``"mltrain-docker-compute/gpu-box"``); None for ``"local"`` and unsaved targets, which
-    never have a work pool. Prefect-free, so that a local submit imports no Prefect."""
-    if not isinstance(recorded, str):
-        return None
-    name = recorded.rsplit("/", 1)[-1]
-    return None if name in ("", "local") else name
+def _recorded(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("recorded"))

@@ -4,7 +4,7 @@
 TensorFlow role); ``rank_env`` gives a slot the variables scripts look for — torchrun's
 (``MASTER_ADDR`` … ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``), Azure ML's
 (``NODE_RANK``, ``AZ_BATCH_MASTER_NODE``, ``AZ_BATCHAI_MPI_MASTER_NODE``) and
-``TF_CONFIG``. MPI ranks are started by a real ``mpiexec``; ``prefect_mltrain.rank`` maps
+``TF_CONFIG``. MPI ranks are started by a real ``mpiexec``; ``compute/rank.py`` maps
 MPI's own variables onto the same contract inside each rank.
 """
 
@@ -184,13 +184,6 @@ def mpi_argv(plan: RankPlan, argv: list[str], hosts: list[str] | None = None,
         cmd += ["-ppn", str(plan.per_node)]
     if manual:  # the nodes' folders differ from ours: the rank launcher moves into them
         cmd += ["-launcher", "manual", "-genvnone", "-wdir", "/"]
-    return [*cmd, sys.executable if not manual else "python", "-m", "prefect_mltrain.rank",
-            "--", *argv]
+    return [*cmd, sys.executable if not manual else "python", "-m",
+            "prefect_mltrain.compute.rank", "--", *argv]
 
-
-@dataclass
-class RankFailure:
-    """The first rank that failed."""
-
-    rank: int
-    exit_code: int

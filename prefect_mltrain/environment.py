@@ -1,30 +1,25 @@
 """The Python environment a run's script executes in: declared, hashed, registered.
 
 An ``Environment`` declares an interpreter (user-managed) or the packages to install, the
-Docker image to start from, and environment variables. Its *content hash* ignores the
-name, the version and the order of packages, so equal specs share one build. Secret
-variables reach the script's process only: never the run record, Prefect or the logs.
-Building lives in ``environment_build.py``.
+Docker image to start from, and environment variables. ``build_spec()`` is what builders
+take: its hash ignores the name, the version and the order of packages, so equal specs
+share one build. Secret variables reach the script's process only: never the run record,
+Prefect or the logs (every dump of an environment names them, without their values).
+Building lives in ``environment_build.py`` and ``image_build.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 
-from .errors import EnvironmentBuildError, MLTrainError
-from .home import cache_dir
-
-if TYPE_CHECKING:
-    from .environment_build import BuiltEnvironment
-    from .image_build import BuiltImage
-    from .workspace import Workspace
+from .environment_build import BuildSpec, BuiltEnvironment, build_environment
+from .errors import MLTrainError
+from .image_build import BuiltImage, build_image
+from .workspace import Workspace
 
 CURATED_DIR = Path(__file__).parent / "curated"
 
@@ -102,9 +97,19 @@ class Environment(_Model):
     environment_variables: dict[str, str] = Field(
         default_factory=dict, description="Variables set for the script (recorded)."
     )
-    secret_environment_variables: dict[str, SecretStr] = Field(
-        default_factory=dict, description="Variables set for the script, never recorded."
+    secret_environment_variables: dict[str, SecretStr | None] = Field(
+        default_factory=dict, description="Variables set for the script, never recorded "
+        "(a recorded environment names them; None: the value is not in this process)."
     )
+
+    @field_validator("secret_environment_variables", mode="before")
+    @classmethod
+    def _names_from_a_record(cls, value: Any) -> Any:
+        return dict.fromkeys(value) if isinstance(value, list | tuple) else value
+
+    @field_serializer("secret_environment_variables")
+    def _names_only(self, value: dict[str, SecretStr | None]) -> Any:  # names, sorted
+        return sorted(value)
 
     def __init__(self, name: str = "default", /, **data: Any):
         super().__init__(name=data.pop("name", name), **data)
@@ -145,21 +150,21 @@ class Environment(_Model):
 
     # -- identity ---------------------------------------------------------------------------
 
+    def build_spec(self) -> BuildSpec:
+        """What a build of this environment depends on (see ``BuildSpec``)."""
+        deps, user = self.python.conda_dependencies, self.python.user_managed_dependencies
+        return BuildSpec(
+            name=self.name, user_managed=user,
+            interpreter=self.python.interpreter_path if user else None,
+            python=self.python.python_version, channels=tuple(deps.channels),
+            conda=tuple(sorted(_normalize(p) for p in deps.conda_packages)),
+            pip=tuple(sorted(_normalize(p) for p in deps.pip_packages)),
+            pip_options=tuple(deps.pip_options), base_image=self.docker.base_image,
+            base_dockerfile=self.docker.base_dockerfile, build_args=dict(self.docker.build_args))
+
     def spec_hash(self) -> str:
         """Content hash of what gets built: name, version, order and variables excluded."""
-        deps = self.python.conda_dependencies
-        content = {
-            "user_managed": self.python.user_managed_dependencies,
-            "interpreter": self.python.interpreter_path if self.python.user_managed_dependencies
-            else None,
-            "python": self.python.python_version,
-            "channels": deps.channels,
-            "conda": sorted(_normalize(p) for p in deps.conda_packages),
-            "pip": sorted(_normalize(p) for p in deps.pip_packages),
-            "pip_options": deps.pip_options,
-            "docker": self.docker.model_dump(mode="json"),
-        }
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return self.build_spec().hash
 
     @property
     def needs_build(self) -> bool:
@@ -167,20 +172,10 @@ class Environment(_Model):
 
     # -- records and files ------------------------------------------------------------------
 
-    def record(self) -> dict[str, Any]:
-        """The JSON form kept with a run or registered: secret names only, never values."""
-        data = self.model_dump(mode="json", exclude={"secret_environment_variables"})
-        data["secret_environment_variables"] = sorted(self.secret_environment_variables)
-        return data
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> Environment:
-        """Rebuild from ``record()`` (secret values are not in it, so none come back)."""
-        data = {k: v for k, v in data.items() if k != "secret_environment_variables"}
-        return cls.model_validate(data)
-
     def secrets(self) -> dict[str, str]:
-        return {k: v.get_secret_value() for k, v in self.secret_environment_variables.items()}
+        """The secret variables whose values this process has."""
+        return {k: v.get_secret_value() for k, v in self.secret_environment_variables.items()
+                if v is not None}
 
     def process_env(self) -> dict[str, str]:
         """Variables to add to the script's process environment."""
@@ -193,7 +188,7 @@ class Environment(_Model):
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists: pass overwrite=True to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.record(), indent=1))
+        target.write_text(self.model_dump_json(indent=1))
         deps = self.python.conda_dependencies
         if deps.pip_packages or deps.pip_options:
             (folder / "requirements.txt").write_text(
@@ -202,7 +197,7 @@ class Environment(_Model):
 
     @classmethod
     def load_from_directory(cls, path: str | Path) -> Environment:
-        return cls.from_record(json.loads((Path(path) / "environment.json").read_text()))
+        return cls.model_validate_json((Path(path) / "environment.json").read_text())
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -216,7 +211,8 @@ class Environment(_Model):
                 self.version = latest.version
                 return self
         self.version = str((versions[-1] if versions else 0) + 1)
-        workspace.write_json(f"environments/{self.name}/{self.version}.json", self.record())
+        workspace.write_bytes(f"environments/{self.name}/{self.version}.json",
+                              self.model_dump_json(indent=1).encode())
         return self
 
     @classmethod
@@ -225,7 +221,7 @@ class Environment(_Model):
         """A registered environment (latest version by default), or a curated one by name."""
         curated = CURATED_DIR / f"{name}.json"
         if curated.is_file() and version is None:
-            return cls.from_record(json.loads(curated.read_text()))
+            return cls.model_validate_json(curated.read_text())
         versions = _versions(workspace, name) if workspace is not None else []
         wanted = int(version) if version is not None else (versions[-1] if versions else None)
         if wanted not in versions:
@@ -234,7 +230,7 @@ class Environment(_Model):
                 f"no environment {name!r}" + (f" version {version}" if version else "")
                 + f"; known: {known or 'none'}. Register it with env.register(ws)"
             )
-        return cls.from_record(workspace.read_json(f"environments/{name}/{wanted}.json"))
+        return cls.model_validate(workspace.read_json(f"environments/{name}/{wanted}.json"))
 
     @classmethod
     def list(cls, workspace: Workspace | None = None) -> dict[str, Environment]:
@@ -248,14 +244,11 @@ class Environment(_Model):
 
     def build_local(self, workspace: Workspace | None = None, use_docker: bool = False
                     ) -> BuiltEnvironment | BuiltImage:
-        """Build (or find in the cache) this environment: a virtualenv, or an image."""
+        """Build (or find in the cache) this environment: a virtualenv, or (``use_docker``)
+        an image on the local Docker engine."""
         if use_docker:
-            from .image_build import build_image
-
-            return build_image(self)
-        from .environment_build import build_environment
-
-        return build_environment(self)
+            return build_image(self.build_spec())
+        return build_environment(self.build_spec())
 
 
 def _versions(workspace: Workspace, name: str) -> list[int]:
@@ -300,35 +293,3 @@ def _read_requirements(path: Path, seen: set[Path] | None = None) -> tuple[list[
         else:
             packages.append(line)
     return packages, options
-
-
-def resolve_interpreter(env: Environment | None) -> str:
-    """The interpreter of a user-managed environment, or of the default environment.
-
-    The default environment (no ``environment`` given) is the interpreter that runs
-    prefect-mltrain, so a script sees exactly the packages installed next to it.
-    """
-    python = (env.python.interpreter_path if env else None) or sys.executable
-    if not Path(python).exists():
-        raise EnvironmentBuildError(
-            f"interpreter {python!r} of environment {env.name!r} does not exist: fix "
-            "python.interpreter_path or leave it empty to use this Python"
-        )
-    return python
-
-
-def run_context_path() -> str:
-    """A folder holding only ``prefect_mltrain``, for PYTHONPATH of foreign interpreters.
-
-    ``Run.get_context()`` needs the standard library only, so any Python 3 can import it
-    from here without seeing the rest of this interpreter's site-packages.
-    """
-    folder = cache_dir("pythonpath")
-    link = folder / "prefect_mltrain"
-    package = Path(__file__).resolve().parent
-    if not link.is_symlink() or link.resolve() != package:
-        tmp = folder / f".link-{id(folder)}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(package)
-        tmp.replace(link)
-    return str(folder)

@@ -3,7 +3,8 @@
 1. *Resolve*: the spec's requirements go through ``uv pip compile``; the pinned result
    (the lock) is kept per spec hash, so an unpinned spec is frozen once and every later
    run gets the same versions. The lock is recorded with each run.
-2. *Build*: one virtualenv per lock hash under ``$MLTRAIN_HOME/cache/envs``, made by
+2. *Build*: one virtualenv per ``build_key`` (the lock on this interpreter) under
+   ``$MLTRAIN_HOME/cache/envs``, made by
    ``uv venv`` + ``uv pip install`` under a file lock, so concurrent runs needing the same
    environment build it once. A finished build carries a marker; a cache hit is one stat.
 
@@ -14,8 +15,8 @@ proxies need exactly that. Without uv, ``venv`` + ``pip`` do the same more slowl
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -27,13 +28,56 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .environment import Environment, resolve_interpreter
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field
+
 from .errors import EnvironmentBuildError
+from .files import atomic_write
 from .home import cache_dir
 
 COMPLETE_MARKER = ".mltrain-complete"
 RESOLVE_TIMEOUT_SECONDS = 600
 INSTALL_TIMEOUT_SECONDS = 3600
+
+
+class BuildSpec(BaseModel):
+    """What a build of an environment depends on, normalized and in a canonical order.
+
+    ``Environment.build_spec()`` makes it; every builder (a virtualenv here, an image, the
+    virtualenv a Dask worker makes for itself) takes it, so that equal declarations are
+    one build wherever they are built.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("default", description="The environment's name, for messages only.")
+    user_managed: bool = False
+    interpreter: str | None = None  # of a user-managed environment
+    python: str | None = None  # the version of a built one, e.g. "3.11"
+    channels: tuple[str, ...] = ()
+    conda: tuple[str, ...] = ()  # sorted, normalized
+    pip: tuple[str, ...] = ()  # sorted, normalized
+    pip_options: tuple[str, ...] = ()
+    base_image: str | None = None
+    base_dockerfile: str | None = None
+    build_args: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """The declaration's identity: name and the order of packages left out."""
+        content = self.model_dump(mode="json", exclude={"name"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def needs_build(self) -> bool:
+        return not self.user_managed
+
+
+def build_key(lock: str, base: str) -> str:
+    """The identity of one build: the pinned packages (``lock``) on a ``base`` (the
+    interpreter and conda packages of a virtualenv, or an image's Dockerfile). It names the
+    virtualenv folder and the image tag, so equal locks on equal bases share one build."""
+    return hashlib.sha256(f"{base}\n{lock}".encode()).hexdigest()
 
 
 @dataclass
@@ -42,7 +86,7 @@ class BuiltEnvironment:
 
     interpreter: str
     spec_hash: str | None = None
-    lock_hash: str | None = None
+    build_key: str | None = None
     lock: str = ""
     cached: bool = True
     build_seconds: float = 0.0
@@ -51,18 +95,21 @@ class BuiltEnvironment:
 
     def record(self) -> dict:
         return {"interpreter": self.interpreter, "spec_hash": self.spec_hash,
-                "lock_hash": self.lock_hash, "cached": self.cached,
+                "build_key": self.build_key, "cached": self.cached,
                 "build_seconds": round(self.build_seconds, 3), "miss_reason": self.miss_reason,
                 "lock": self.lock}
 
 
-def build_environment(env: Environment | None,
-                      on_line: Callable[[str], None] | None = None) -> BuiltEnvironment:
-    """Resolve and build ``env`` (or find it built); ``on_line`` receives build output."""
-    if env is None or not env.needs_build:
-        return BuiltEnvironment(interpreter=resolve_interpreter(env))
-    deps = env.python.conda_dependencies
-    conda = _conda_binary(deps.conda_packages) if deps.conda_packages else None
+def build_environment(spec: BuildSpec | None, on_line: Callable[[str], None] | None = None,
+                      lock: str | None = None) -> BuiltEnvironment:
+    """Resolve and build ``spec`` (or find it built); ``on_line`` receives build output.
+
+    ``lock`` (the pinned set resolved elsewhere, e.g. by the runner of a Dask job) skips
+    the resolve, so every machine installs exactly the same versions.
+    """
+    if spec is None or not spec.needs_build:
+        return BuiltEnvironment(interpreter=resolve_interpreter(spec))
+    conda = _conda_binary(list(spec.conda)) if spec.conda else None
     log: list[str] = []
 
     def say(line: str) -> None:
@@ -71,39 +118,54 @@ def build_environment(env: Environment | None,
             on_line(line)
 
     started = time.monotonic()
-    base_python = _base_python(env.python.python_version)
-    spec_hash = env.spec_hash()
-    lock = resolve_lock(env, say)
-    conda_spec = " ".join([*deps.channels, *sorted(deps.conda_packages)]) if conda else ""
-    lock_hash = hashlib.sha256(
-        f"{_python_identity(base_python)}\n{conda_spec}\n{lock}".encode()).hexdigest()
-    venv = cache_dir("envs") / lock_hash[:24]
+    base_python = _base_python(spec.python)
+    lock = resolve_lock(spec, say) if lock is None else lock
+    conda_spec = " ".join([*spec.channels, *spec.conda]) if conda else ""
+    key = build_key(lock, f"venv {_python_identity(base_python)} {conda_spec}")
+    venv = cache_dir("envs") / key[:24]
     python = venv / "bin" / "python"
+
+    def result(cached: bool, reason: str | None = None) -> BuiltEnvironment:
+        return BuiltEnvironment(str(python), spec.hash, key, lock, cached,
+                                time.monotonic() - started, reason, log)
+
     if (venv / COMPLETE_MARKER).exists():
-        say(f"environment {env.name}: cache hit ({lock_hash[:12]})")
-        return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, True,
-                                time.monotonic() - started, None, log)
-    with open(f"{venv}.lock", "w") as lockfile:
-        fcntl.flock(lockfile, fcntl.LOCK_EX)  # another run may be building it right now
+        say(f"environment {spec.name}: cache hit ({key[:12]})")
+        return result(True)
+    with FileLock(f"{venv}.lock"):  # another run may be building it right now
         if (venv / COMPLETE_MARKER).exists():
-            say(f"environment {env.name}: built meanwhile by another run ({lock_hash[:12]})")
-            return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, True,
-                                    time.monotonic() - started, None, log)
+            say(f"environment {spec.name}: built meanwhile by another run ({key[:12]})")
+            return result(True)
         reason = _miss_reason(lock)
-        say(f"environment {env.name}: building {lock_hash[:12]} ({reason})")
+        say(f"environment {spec.name}: building {key[:12]} ({reason})")
         shutil.rmtree(venv, ignore_errors=True)
         try:
             if conda:
-                _create_conda_prefix(conda, venv, env, say)
-            _install(venv, base_python, lock, deps.pip_options, say, exists=bool(conda))
+                _create_conda_prefix(conda, venv, spec, say)
+            _install(venv, base_python, lock, list(spec.pip_options), say, exists=bool(conda))
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
         (venv / "mltrain-lock.txt").write_text(lock)
-        (venv / COMPLETE_MARKER).write_text(spec_hash)
-    elapsed = time.monotonic() - started
-    say(f"environment {env.name}: built in {elapsed:.1f} s")
-    return BuiltEnvironment(str(python), spec_hash, lock_hash, lock, False, elapsed, reason, log)
+        (venv / COMPLETE_MARKER).write_text(spec.hash)
+    built = result(False, reason)
+    say(f"environment {spec.name}: built in {built.build_seconds:.1f} s")
+    return built
+
+
+def resolve_interpreter(spec: BuildSpec | None) -> str:
+    """The interpreter of a user-managed environment, or of the default environment.
+
+    The default environment (no ``environment`` given) is the interpreter that runs
+    prefect-mltrain, so a script sees exactly the packages installed next to it.
+    """
+    python = (spec.interpreter if spec else None) or sys.executable
+    if not Path(python).exists():
+        raise EnvironmentBuildError(
+            f"interpreter {python!r} of environment {spec.name!r} does not exist: fix "
+            "python.interpreter_path or leave it empty to use this Python"
+        )
+    return python
 
 
 def _conda_binary(packages: list[str]) -> str:
@@ -117,13 +179,12 @@ def _conda_binary(packages: list[str]) -> str:
     )
 
 
-def _create_conda_prefix(conda: str, prefix: Path, env: Environment,
+def _create_conda_prefix(conda: str, prefix: Path, spec: BuildSpec,
                          say: Callable[[str], None]) -> None:
     """A conda prefix with python and the conda packages; pip packages go in after."""
-    deps = env.python.conda_dependencies
-    python = f"python={env.python.python_version or platform.python_version()}"
-    channels = [part for channel in deps.channels for part in ("-c", channel)]
-    _run([conda, "create", "-y", "-p", str(prefix), python, *deps.conda_packages, *channels],
+    python = f"python={spec.python or platform.python_version()}"
+    channels = [part for channel in spec.channels for part in ("-c", channel)]
+    _run([conda, "create", "-y", "-p", str(prefix), python, *spec.conda, *channels],
          say, timeout=INSTALL_TIMEOUT_SECONDS, what=f"creating the conda environment {prefix}")
 
 
@@ -150,27 +211,21 @@ def _python_identity(python: str) -> str:
     return out.stdout.strip()
 
 
-def resolve_lock(env: Environment, say: Callable[[str], None] | None = None) -> str:
-    """The pinned requirement set of ``env``: frozen once per spec hash, then reused."""
+def resolve_lock(spec: BuildSpec, say: Callable[[str], None] | None = None) -> str:
+    """The pinned requirement set of ``spec``: frozen once per spec hash, then reused."""
     say = say or (lambda line: None)
-    python = _base_python(env.python.python_version)
-    frozen = cache_dir("envs", "locks") / f"{env.spec_hash()}.txt"
+    frozen = cache_dir("envs", "locks") / f"{spec.hash}.txt"
     if frozen.exists():
         return frozen.read_text()
-    deps = env.python.conda_dependencies
-    requirements = "\n".join([*deps.pip_options, *deps.pip_packages]) + "\n"
-    if not deps.pip_packages:
-        lock = ""
-    else:
-        say(f"resolving {len(deps.pip_packages)} requirement(s) with uv")
-        out = _run(_uv("pip", "compile", "-", "--quiet", "--no-header", "--no-annotate",
-                       "--python", python, *_index_args()),
-                   say, stdin=requirements, timeout=RESOLVE_TIMEOUT_SECONDS,
-                   what=f"resolving {deps.pip_packages}")
-        lock = out
-    tmp = frozen.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(lock)
-    tmp.replace(frozen)
+    lock = ""
+    if spec.pip:
+        say(f"resolving {len(spec.pip)} requirement(s) with uv")
+        requirements = "\n".join([*spec.pip_options, *spec.pip]) + "\n"
+        lock = _run(_uv("pip", "compile", "-", "--quiet", "--no-header", "--no-annotate",
+                        "--python", _base_python(spec.python), *_index_args()),
+                    say, stdin=requirements, timeout=RESOLVE_TIMEOUT_SECONDS,
+                    what=f"resolving {list(spec.pip)}")
+    atomic_write(frozen, lock)
     return lock
 
 

@@ -1,17 +1,17 @@
 """Running a prepared script to its end: stream, sync, beat, and stop it when asked.
 
 One loop serves every compute target: it reads the ``Job``'s output lines into the
-Prefect logger and ``logs/std_log.txt``, mirrors the run's folders into the workspace,
-writes a heartbeat, and ends the job on ``max_run_duration_seconds``, ``run.cancel()``
-or a cancel from the Prefect UI.
+Prefect logger and ``logs/std_log.txt``, mirrors the run's folders into the workspace
+(recording the child runs the script started), writes a heartbeat, and ends the job on
+``max_run_duration_seconds``, ``run.cancel()`` or a cancel from the Prefect UI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compute.base import Job
+from . import events as event_lines
+from .compute.jobs import Job
 from .distributed import FAILURE_RE, PREFIX_RE
-from .records import RunStatus, run_dir
+from .files import is_partial
+from .layout import CANCEL, EVENTS, HEARTBEAT, LOGS, OUTPUTS, RECORD, run_dir, runs_dir
+from .records import RunStatus
+from .store import RunStore
 from .sync import FolderSync
-from .workspace import Workspace
 
 LOG_TAIL_LINES = 50
 
@@ -40,12 +43,13 @@ class Outcome:
 
 
 class Watchdog(threading.Thread):
-    """Writes the heartbeat and notices cancel requests (workspace marker or Prefect UI)."""
+    """Writes the heartbeat and notices cancel requests (``run.cancel()`` or Prefect's)."""
 
-    def __init__(self, ws: Workspace, experiment: str, run_id: str, flow_run_id: str | None):
+    def __init__(self, store: RunStore, experiment: str, run_id: str, flow_run_id: str | None):
         super().__init__(daemon=True, name=f"mltrain-watchdog-{run_id}")
-        self.ws, self.dir, self.flow_run_id = ws, run_dir(experiment, run_id), flow_run_id
-        self.interval = ws.settings.heartbeat_interval_seconds
+        self.store, self.experiment, self.run_id = store, experiment, run_id
+        self.flow_run_id = flow_run_id
+        self.interval = store.ws.settings.heartbeat_interval_seconds
         self.cancel_reason: str | None = None
         self.pgid: int | None = None
         self._stop = threading.Event()
@@ -70,20 +74,15 @@ class Watchdog(threading.Thread):
         now = time.time()
         if now - self._last_beat >= self.interval:
             self._last_beat = now
-            self.ws.write_json(f"{self.dir}/heartbeat.json", {
-                "time": now, "host": socket.gethostname(), "pid": os.getpid(), "pgid": self.pgid})
-            if self.cancel_reason is None and self._prefect_cancelling():
-                self.cancel_reason = "canceled from Prefect"
-        if self.cancel_reason is None and self.ws.exists(f"{self.dir}/cancel.json"):
-            self.cancel_reason = "canceled by request (run.cancel())"
+            self.store.beat(self.experiment, self.run_id, pid=os.getpid(), pgid=self.pgid)
+            if self.cancel_reason is None and self.flow_run_id:
+                from .prefect_api import cancelling
 
-    def _prefect_cancelling(self) -> bool:
-        if not self.flow_run_id:
-            return False
-        from prefect.client.orchestration import get_client
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(self.flow_run_id).state
-        return state is not None and state.type.value in ("CANCELLING", "CANCELLED")
+                if cancelling(self.flow_run_id):
+                    self.cancel_reason = "canceled from Prefect"
+        if self.cancel_reason is None and self.store.cancel_requested(self.experiment,
+                                                                      self.run_id):
+            self.cancel_reason = "canceled by request (run.cancel())"
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,7 +115,7 @@ class RankLogs:
             f.close()
 
 
-def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
+def run_job(job: Job, *, sync: RunSync, std_log: Path, watchdog: Watchdog,
             max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
             secrets: list[str] = (), on_sync: Callable[[], None] | None = None) -> Outcome:
     """Drive ``job`` to its end; the final sync is the caller's (it must run after any end).
@@ -126,7 +125,7 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
     The first failing rank of a distributed job stops every rank and fails the run.
     """
     secrets = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
-    interval = sync.ws.settings.sync_interval_seconds
+    interval = sync.store.ws.settings.sync_interval_seconds
     std_log.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     watchdog.pgid = getattr(job, "pgid", None)
@@ -180,18 +179,60 @@ def run_job(job: Job, *, sync: FolderSync, std_log: Path, watchdog: Watchdog,
     return Outcome(RunStatus.FAILED, code, f"the script exited with code {code}", list(tail))
 
 
-def run_folder_sync(ws: Workspace, experiment: str, run_id: str, cwd: Path,
-                    stage: Path) -> FolderSync:
-    """What a run mirrors: ``./outputs`` and ``./logs`` of the script, and the staging runs."""
-    folder = run_dir(experiment, run_id)
-    return FolderSync(ws, [
-        (cwd / "outputs", f"{folder}/outputs"),
-        (cwd / "logs", f"{folder}/logs"),
-        (stage / "runs", f"experiments/{experiment}/runs"),
-    ])
+class RunSync:
+    """Mirrors a run's folders into the workspace: the script's ``./outputs`` and ``./logs``,
+    and its stage (events, images, uploads, and the folders of child runs it started, whose
+    records it writes from their events)."""
+
+    def __init__(self, store: RunStore, experiment: str, run_id: str, cwd: Path, stage: Path):
+        self.store, self.experiment, self.run_id = store, experiment, run_id
+        folder = run_dir(experiment, run_id)
+        self.stage_runs = stage / runs_dir(experiment)
+        self.folders = FolderSync(store.ws, [
+            (cwd / OUTPUTS, f"{folder}/{OUTPUTS}"),
+            (cwd / LOGS, f"{folder}/{LOGS}"),
+            (self.stage_runs, runs_dir(experiment), _owned_by_the_runner),
+        ])
+        self._children: dict[str, tuple[str, ...]] = {}  # child -> its last recorded life
+
+    def sync(self) -> None:
+        self.folders.sync()
+        self._record_children()
+
+    def _record_children(self) -> None:
+        """Create or move the record of each child run from its ``run`` events."""
+        if not self.stage_runs.is_dir():
+            return
+        for child in sorted(p for p in self.stage_runs.iterdir() if p.name != self.run_id):
+            files = [f for f in (child / EVENTS).glob("*.jsonl") if not is_partial(f.name)]
+            life = [e for e in event_lines.parse(f.read_bytes() for f in files)
+                    if e.get("type") == "run"]
+            if not life:
+                continue
+            life.sort(key=lambda e: e.get("time", 0))
+            seen = tuple(e["status"] for e in life)
+            if self._children.get(child.name) == seen:
+                continue
+            if child.name not in self._children:
+                with contextlib.suppress(FileExistsError):  # recorded by an earlier attempt
+                    self.store.create(self.experiment, run_id=child.name,
+                                      status=RunStatus.RUNNING,
+                                      parent_run_id=life[0].get("parent_run_id"),
+                                      display_name=life[0].get("display_name"))
+            last = life[-1]
+            if last["status"] != RunStatus.RUNNING:
+                self.store.move(self.experiment, child.name, last["status"],
+                                error=last.get("error"))
+            self._children[child.name] = seen
 
 
-def sync_quietly(sync: FolderSync, logger: logging.Logger) -> None:
+def _owned_by_the_runner(rel: str) -> bool:
+    """A run's record, heartbeat or cancel request, which no script may write."""
+    parts = rel.split("/")
+    return len(parts) == 2 and parts[1] in (RECORD, HEARTBEAT, CANCEL)
+
+
+def sync_quietly(sync: RunSync, logger: logging.Logger) -> None:
     try:
         sync.sync()
     except Exception as exc:  # keep running; the next pass retries these files

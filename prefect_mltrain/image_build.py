@@ -2,14 +2,13 @@
 
 The image is the base image (or the user's Dockerfile) plus a virtualenv at
 ``/opt/mltrain/venv`` holding the environment's *lock* — the same pinned set a local
-build uses — tagged ``mltrain-env:<hash>`` and skipped when that tag exists. The host's
+build uses — tagged ``mltrain-env:<build key>`` and skipped when that tag exists. The host's
 CA bundle and package-index settings go into the build, because inside a container pip
 reaches an index only with them (here, and behind corporate proxies).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import time
@@ -18,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .environment import Environment
-from .environment_build import _pip_config, pip_options_args, resolve_lock
+from .environment_build import BuildSpec, _pip_config, build_key, pip_options_args, resolve_lock
 from .errors import ComputeTargetUnavailableError, EnvironmentBuildError
 
 IMAGE_REPOSITORY = "mltrain-env"
@@ -39,27 +37,27 @@ class BuiltImage:
                 "build_seconds": round(self.build_seconds, 3), "lock": self.lock}
 
 
-def docker_client(base_url: str | None = None, timeout: int = 60):
+def docker_client(base_url: str | None = None, timeout: int = 60, tls: Any = None):
     """A connected Docker client, or ``ComputeTargetUnavailableError`` naming the engine."""
     import docker
 
     try:
-        client = docker.DockerClient(base_url=base_url, timeout=timeout) if base_url \
-            else docker.from_env(timeout=timeout)
+        client = docker.DockerClient(base_url=base_url, tls=tls, timeout=timeout) \
+            if base_url else docker.from_env(timeout=timeout)
         client.ping()
         return client
     except Exception as exc:
         where = base_url or "the default engine (DOCKER_HOST or /var/run/docker.sock)"
         raise ComputeTargetUnavailableError(
-            f"cannot reach the Docker engine at {where}: {exc}. Start the engine (dockerd) "
-            "or fix base_url / DOCKER_HOST"
+            f"cannot reach the Docker engine at {where}: {exc}. Start the engine (dockerd), "
+            "or fix base_url (and the TLS settings) of the compute target, or DOCKER_HOST"
         ) from exc
 
 
-def dockerfile(env: Environment, index_args: list[str]) -> str:
-    """The Dockerfile of ``env``: its base, then a venv holding its lock."""
-    base = env.docker.base_dockerfile or f"FROM {env.docker.base_image}"
-    pip = " ".join([*index_args, *pip_options_args(env.python.conda_dependencies.pip_options)])
+def dockerfile(spec: BuildSpec, index_args: list[str]) -> str:
+    """The Dockerfile of ``spec``: its base, then a venv holding its lock."""
+    base = spec.base_dockerfile or f"FROM {spec.base_image}"
+    pip = " ".join([*index_args, *pip_options_args(list(spec.pip_options))])
     return "\n".join([
         base.rstrip(),
         "COPY ca-certificates.crt /etc/ssl/certs/mltrain-ca.crt",
@@ -84,20 +82,20 @@ def _image_index_args() -> list[str]:
     return args
 
 
-def build_image(env: Environment, client=None,
+def build_image(spec: BuildSpec, client=None,
                 on_line: Callable[[str], None] | None = None) -> BuiltImage:
-    """Build ``env`` into an image (or find it built); build output goes to ``on_line``."""
-    if not (env.docker.base_image or env.docker.base_dockerfile):
+    """Build ``spec`` into an image (or find it built); build output goes to ``on_line``."""
+    if not (spec.base_image or spec.base_dockerfile):
         raise EnvironmentBuildError(
-            f"environment {env.name!r} has no docker.base_image or docker.base_dockerfile: "
+            f"environment {spec.name!r} has no docker.base_image or docker.base_dockerfile: "
             "set one to build an image"
         )
     say = on_line or (lambda line: None)
     started = time.monotonic()
-    lock = resolve_lock(env, say)
-    text = dockerfile(env, _image_index_args())
-    digest = hashlib.sha256(f"{text}\n{lock}\n{env.docker.build_args}".encode()).hexdigest()
-    tag = f"{IMAGE_REPOSITORY}:{digest[:20]}"
+    lock = resolve_lock(spec, say)
+    text = dockerfile(spec, _image_index_args())
+    key = build_key(lock, f"image {text} {sorted(spec.build_args.items())}")
+    tag = f"{IMAGE_REPOSITORY}:{key[:20]}"
     client = client or docker_client()
     import docker.errors
 
@@ -107,24 +105,24 @@ def build_image(env: Environment, client=None,
         return BuiltImage(tag, True, time.monotonic() - started, lock)
     except docker.errors.ImageNotFound:
         pass
-    say(f"image {tag}: building from {env.docker.base_image or 'the given Dockerfile'}")
+    say(f"image {tag}: building from {spec.base_image or 'the given Dockerfile'}")
     context = _context(text, lock)
     tail: list[str] = []
     try:
         for chunk in client.api.build(fileobj=context, custom_context=True, tag=tag, rm=True,
                                       forcerm=True, decode=True, network_mode="host",
-                                      buildargs=env.docker.build_args or None,
-                                      labels={"mltrain.spec_hash": env.spec_hash()}):
+                                      buildargs=spec.build_args or None,
+                                      labels={"mltrain.spec_hash": spec.hash}):
             if "error" in chunk:
                 raise EnvironmentBuildError(
-                    f"image build of environment {env.name!r} failed: {chunk['error'].strip()}"
+                    f"image build of environment {spec.name!r} failed: {chunk['error'].strip()}"
                     + ("\n" + "\n".join(tail[-15:]) if tail else ""))
             for line in (chunk.get("stream") or "").splitlines():
                 if line.strip():
                     tail.append(line)
                     say(line)
     except docker.errors.APIError as exc:
-        raise EnvironmentBuildError(f"image build of {env.name!r} failed: {exc}") from exc
+        raise EnvironmentBuildError(f"image build of {spec.name!r} failed: {exc}") from exc
     elapsed = time.monotonic() - started
     say(f"image {tag}: built in {elapsed:.1f} s")
     return BuiltImage(tag, False, elapsed, lock)

@@ -19,18 +19,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from .compute.base import ComputeTarget, resolve_compute_target, target_classes
-from .config import saved_target_name
+from .compute.base import ComputeTarget
+from .compute.registry import BUILTIN, target_classes
 from .errors import ComputeTargetUnavailableError, ConfigurationError
-from .records import check_name
+from .layout import check_name
+from .prefect_api import deployment_name
 from .server import using_server
-
-FLOW_NAME = "submit-run"
-BUILTIN = "local"  # this machine: never routed through a pool
-
-
-def deployment_name(target: str) -> str:
-    return f"{FLOW_NAME}/{target}"
 
 
 def base_job_template(name: str, target: ComputeTarget,
@@ -151,35 +145,3 @@ def delete_target(name: str) -> dict[str, bool]:
         raise ComputeTargetUnavailableError(
             f"no compute target named {name!r}: see `mltrain compute list`")
     return done
-
-
-def deployment_for(recorded: Any) -> str | None:
-    """``submit-run/NAME`` when a run's target (as its record names it) has a work pool;
-    None to run it here. A name that is no saved target raises."""
-    target = saved_target_name(recorded)
-    if target is None:
-        return None
-    name = deployment_name(target)
-    with using_server(), get_client(sync_client=True) as client:
-        try:
-            if client.read_deployment_by_name(name).work_pool_name:
-                return name
-        except ObjectNotFound:
-            pass
-        resolve_compute_target(recorded)  # a saved target without a pool runs here; else raise
-    return None
-
-
-def target_from_options(kind: str, settings: dict[str, Any]) -> ComputeTarget:
-    """A target of ``kind`` (local | docker | dask) from settings given at a terminal."""
-    classes = {"local": "LocalCompute", "docker": "DockerCompute", "dask": "DaskCompute"}
-    if kind not in classes:
-        raise ConfigurationError(f"unknown target type {kind!r}: use one of {', '.join(classes)}")
-    from . import compute
-
-    cls = getattr(compute, classes[kind])
-    unknown = set(settings) - set(cls.model_fields)
-    if unknown:
-        raise ConfigurationError(f"{kind} targets have no setting {', '.join(sorted(unknown))}")
-    return cls(**settings)
-

@@ -1,17 +1,20 @@
-"""The run record (``run.json``): one schema, its states, and where runs live.
+"""The run record (``run.json``): one typed schema for every run, and its states.
 
-Standard library only: this module is imported inside training scripts.
+``store.RunStore`` is the only code that creates or changes a record; everything else
+reads it. The configuration is kept as the ``ScriptRunConfig`` it was submitted as (its
+compute target by name, its environment without secret values), so a record read back on
+any machine gives the flow the same typed configuration.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import socket
 import time
 from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from .config import ScriptRunConfig
 
 
 class RunStatus(StrEnum):
@@ -26,86 +29,89 @@ class RunStatus(StrEnum):
     CANCELED = "Canceled"
 
 
-TERMINAL = {RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELED.value}
-
-STD_LOG = "logs/std_log.txt"  # the script's merged stdout and stderr
-
-# Files the runner owns in a run folder; user uploads may not replace them.
-DEPLOYED = "deployment.json"  # a run sent to a work pool: its deployment and flow run id
-RESERVED_NAMES = {"run.json", "tags.json", "heartbeat.json", "cancel.json", "events", DEPLOYED}
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
 
 
-def check_name(value: str, what: str) -> str:
-    """Experiment names, metric names and tag keys: letters, digits, ``_ . -``."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: use 1-255 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
 
-def run_dir(experiment: str, run_id: str) -> str:
-    return f"experiments/{experiment}/runs/{run_id}"
+class StatusChange(_Record):
+    status: RunStatus
+    time: float
 
 
-def new_run_id(experiment: str) -> str:
-    """Sortable and collision-free across processes: ``<experiment>_<ms>_<random>``."""
-    return f"{experiment}_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+class Runner(_Record):
+    """The process that runs the run's flow on this machine (started by a local submit)."""
+
+    host: str
+    pid: int
 
 
-def new_record(experiment: str, run_id: str, **fields: Any) -> dict[str, Any]:
-    now = time.time()
-    record = {
-        "run_id": run_id,
-        "experiment": experiment,
-        "status": RunStatus.NOT_STARTED.value,
-        "status_history": [{"status": RunStatus.NOT_STARTED.value, "time": now}],
-        "created_at": now,
-        "started_at": None,
-        "ended_at": None,
-        "parent_run_id": None,
-        "display_name": None,
-        "properties": {},
-        "exit_code": None,
-        "error": None,
-        "log_tail": None,
-    }
-    record.update(fields)
-    return record
+class Deployment(_Record):
+    """Where a run sent to a work pool went."""
+
+    name: str  # "submit-run/<target>"
+    flow_run_id: str
+    private_block: str | None = None  # the Secret block with the run's secrets, until taken
 
 
-def set_status(record: dict[str, Any], status: RunStatus | str, **fields: Any) -> dict[str, Any]:
-    """Move a record to ``status`` (terminal states are final) and stamp the time."""
-    status = RunStatus(status).value
-    if record["status"] in TERMINAL:
-        return record
-    now = time.time()
-    record["status"] = status
-    record.setdefault("status_history", []).append({"status": status, "time": now})
-    if status == RunStatus.RUNNING.value and not record.get("started_at"):
-        record["started_at"] = now
-    if status in TERMINAL:
-        record["ended_at"] = now
-    record.update(fields)
-    return record
+class RunRecord(_Record):
+    """Everything known about one run: what it is, where it stands, how it ended."""
 
+    run_id: str
+    experiment: str
+    revision: int = Field(0, description="Incremented by every write: the record's version.")
+    status: RunStatus = RunStatus.NOT_STARTED
+    status_history: list[StatusChange] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    parent_run_id: str | None = None
+    display_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    properties: dict[str, str] = Field(default_factory=dict)
+    config: ScriptRunConfig | None = None  # None: an interactive run or a child run
+    snapshot_id: str | None = None
+    snapshot_skipped: list[str] = Field(default_factory=list)
+    git: dict[str, Any] | None = None
+    environment_build: dict[str, Any] | None = None
+    runner: Runner | None = None
+    deployment: Deployment | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    log_tail: str | None = None
 
-def runner_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    @computed_field
+    @property
+    def compute_target(self) -> str | dict[str, Any] | None:
+        return self.config.compute_target if self.config else None
 
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    def move_to(self, status: RunStatus | str, **fields: Any) -> bool:
+        """Move to ``status`` (terminal states are final) and stamp the time; False when
+        the run had already ended."""
+        if self.finished:
+            return False
+        status, now = RunStatus(status), time.time()
+        self.status = status
+        self.status_history.append(StatusChange(status=status, time=now))
+        if status == RunStatus.RUNNING and self.started_at is None:
+            self.started_at = now
+        if status in TERMINAL:
+            self.ended_at = now
+        for name, value in fields.items():
+            setattr(self, name, value)
         return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunRecord:
+        return cls.model_validate_json(data, context={"recorded": True})

@@ -1,26 +1,244 @@
-"""Background runner: ``python -m prefect_mltrain.runner EXPERIMENT RUN_ID``.
+"""Runner processes: each runs the ``submit_run`` flow of one prepared run.
 
-Started by ``Experiment.submit`` (forked from a warm runner when one is up, see
-``warm.py``); runs the ``submit_run`` flow for one prepared run. Secrets arrive in
-``MLTRAIN_SECRETS`` (this process's environment only) and go to the script's process,
-never to Prefect parameters.
+``start(experiment, run_id, ...)`` hands the run to a *warm* runner — one process that
+imported Prefect once and forks a runner per run — or, when none answers, starts a *cold*
+one, ``python -m prefect_mltrain.runner EXPERIMENT RUN_ID``.
+
+A cold runner pays ~2.5 s (interpreter start, Prefect import) before its flow run begins;
+a fork of a process that has imported everything costs milliseconds. A warm runner is
+keyed by interpreter, Prefect API URL and the installed package files, listens on a unix
+socket under ``$MLTRAIN_HOME/warm`` and exits after 30 idle minutes. A cold runner starts
+a warm one for the next submit once its own run is over (so the two never compete for the
+CPU). Secrets arrive in ``MLTRAIN_SECRETS`` (the runner's environment only) and go to the
+script's process, never to Prefect parameters.
 """
 
+from __future__ import annotations
+
+import atexit
+import hashlib
+import importlib
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .home import mltrain_home
+
+IDLE_SECONDS = 1800
+CONNECT_TIMEOUT_SECONDS = 10
+_PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
+
+
+def _folder() -> Path:
+    folder = mltrain_home() / "warm"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+PIP_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf",
+             "~/.pip/pip.conf")
+
+
+def _fingerprint(env: dict[str, str]) -> list[Any]:
+    """What a warm runner has loaded: the package, and pip's settings (read once)."""
+    package = Path(__file__).parent
+    pip = [(k, v) for k, v in sorted(env.items()) if k.startswith("PIP_")]
+    for name in PIP_FILES:
+        try:
+            pip.append((name, Path(name).expanduser().stat().st_mtime_ns))
+        except OSError:
+            pass
+    return [sorted(p.stat().st_mtime_ns for p in package.rglob("*.py")), pip]
+
+
+def socket_path(env: dict[str, str]) -> Path | None:
+    key = json.dumps([sys.executable, env.get("PREFECT_API_URL", ""), _fingerprint(env)])
+    path = _folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
+    return path if len(str(path)) < 100 else None  # AF_UNIX paths are short
+
+
+def start(experiment: str, run_id: str, env: dict[str, str]) -> int:
+    """Start a runner for a prepared run (warm if one answers, else cold); its pid."""
+    runs = mltrain_home() / "runs"  # each run's scratch folder is made below it
+    runs.mkdir(parents=True, exist_ok=True)
+    log = runs / f"{run_id}.runner.log"
+    path = socket_path(env)
+    if path is not None:
+        request = json.dumps({"experiment": experiment, "run_id": run_id, "env": env,
+                              "cwd": str(runs), "log": str(log)}).encode() + b"\n"
+        pid = _request(path, request)
+        if pid is not None:
+            return pid
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect_mltrain.runner", experiment, run_id],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=runs).pid
 
 
 def run(experiment: str, run_id: str) -> None:
-    from .flows import open_workspace, submit_run
+    """Run the flow of a prepared run in this process."""
+    from .flows import submit_run
+    from .workspace import open_workspace
 
-    ws = open_workspace(None)
-    submit_run(experiment=experiment, run_id=run_id, workspace=ws.url, return_state=True)
+    submit_run(experiment=experiment, run_id=run_id, workspace=open_workspace(None).url,
+               return_state=True)
+
+
+def ensure_running(env: dict[str, str]) -> None:
+    """Start a warm runner for ``env`` unless one runs (called when a cold runner ends)."""
+    path = socket_path(env)
+    if path is not None and not _alive(path):
+        _spawn_server(path, env)
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def _request(path: Path, request: bytes, timeout: float = CONNECT_TIMEOUT_SECONDS) -> int | None:
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(path))
+            conn.sendall(request)
+            return int(json.loads(conn.makefile().readline())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _spawn_server(path: Path, env: dict[str, str]) -> None:
+    server_env = {k: v for k, v in env.items() if k not in _PRIVATE}
+    with open(path.with_suffix(".log"), "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "prefect_mltrain.runner", "--serve", str(path)],
+                         env=server_env, cwd=_folder(), stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_all() -> int:
+    """Stop every warm runner of this MLTRAIN_HOME; returns how many were stopped."""
+    stopped = 0
+    for pid_file in _folder().glob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            stopped += 1
+        except (OSError, ValueError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _listen(path: Path) -> socket.socket | None:
+    """Bind the socket unless another warm runner already serves it."""
+    with FileLock(path.with_suffix(".lock")):
+        if _alive(path):
+            return None  # let it serve
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        path.with_suffix(".pid").write_text(str(os.getpid()))
+        return listener
+
+
+def serve(path: Path) -> None:
+    """Accept runs until idle; fork a runner for each (clients queue while we import)."""
+    listener = _listen(path)
+    if listener is None:
+        return
+    from . import flows  # noqa: F401 - the expensive import (Prefect), paid once
+    from .environment_build import _pip_config
+
+    _pip_config()  # `pip config list` takes ~0.3 s; its files are part of the warm key
+    # docker: 0.2 s, for runs on the Docker target; distributed: 1.4 s, for runs on the Dask
+    # target (importing it starts no thread, so forking after it is safe)
+    for module in ("docker", "distributed"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runners
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    listener.settimeout(IDLE_SECONDS)
+    inode = path.stat().st_ino
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            break
+        line = conn.makefile().readline()
+        if not line:
+            conn.close()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            _run_child(conn, json.loads(line))  # never returns
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        conn.close()
+    listener.close()
+    if path.exists() and path.stat().st_ino == inode:
+        path.unlink()
+        path.with_suffix(".pid").unlink(missing_ok=True)
+
+
+def _run_child(conn: socket.socket, request: dict) -> None:
+    """In the forked runner: become the run's own process, run the flow, exit."""
+    conn.close()
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    code = 0
+    try:
+        run(request["experiment"], request["run_id"])
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    """Do what interpreter shutdown must (join non-daemon threads, run ``atexit``, where
+    Prefect drains its log and event queues), then skip tearing down the big heap of
+    imported modules: ~0.45 s of CPU per runner that the next run would compete with."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    threading._shutdown()  # what the interpreter itself calls first at exit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    try:
-        run(sys.argv[1], sys.argv[2])
-    finally:
-        from . import warm
-
-        warm.ensure_running(dict(os.environ))
+    if sys.argv[1] == "--serve":
+        serve(Path(sys.argv[2]))
+    else:  # a cold runner: its run, then a warm runner for the next one
+        try:
+            run(sys.argv[1], sys.argv[2])
+        finally:
+            ensure_running(dict(os.environ))

@@ -9,7 +9,6 @@ Prefect profile) to use your own server or Prefect Cloud instead.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -23,7 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
+
 from .errors import MLTrainError
+from .files import atomic_write
 from .home import mltrain_home
 
 START_TIMEOUT_SECONDS = 120
@@ -86,8 +88,7 @@ def ensure_server() -> dict:
     if info:
         return info
     state = _state_dir()
-    with open(state / "server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(state / "server.lock"):
         info = running_server()
         if info:
             return info
@@ -112,15 +113,12 @@ def ensure_server() -> dict:
                 )
             time.sleep(0.2)
         info = {"api_url": api_url, "ui_url": ui_url, "pid": proc.pid}
-        (state / "server.json").write_text(json.dumps(info))
+        atomic_write(state / "server.json", json.dumps(info))
         return info
 
 
 def stop_server() -> bool:
-    """Stop the embedded server and the warm runners; returns whether a server was running."""
-    from .warm import stop_all
-
-    stop_all()
+    """Stop the embedded server; returns whether it was running."""
     info = running_server()
     if not info:
         return False

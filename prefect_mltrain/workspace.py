@@ -5,10 +5,13 @@ Layout (relative to the root)::
     config.json                           workspace settings (snapshot budget, ...)
     blobs/<sha[:2]>/<sha>                 content-addressed file store
     snapshots/<snapshot_id>.json          manifest of one captured source directory
-    runs/<run_id>                         pointer: the run's experiment name
-    experiments/<name>/runs/<run_id>/     run.json, tags.json, events/, outputs/, logs/, ...
+    environments/<name>/<version>.json    registered environments
+    experiments/<name>/runs/<run_id>/     one run's folder (see ``layout.py``)
 
 Writes are atomic: one put on object stores and in memory, write-then-rename on disks.
+Read-modify-write of a shared file goes through ``Workspace.lock``: an exclusive create of
+a lock object, which fsspec offers on every store (``O_EXCL`` on disks, ``If-None-Match``
+on S3).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+import socket
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,10 +30,13 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from .errors import WorkspaceError
+from .files import atomic_write
 
 DEFAULT_WORKSPACE_DIR = ".mltrain"
 CONFIG_FILE_NAME = "mltrain.json"
 _RENAME_ATOMIC_PROTOCOLS = {"file", "local"}
+LOCK_TIMEOUT_SECONDS = 60.0
+LOCK_LEASE_SECONDS = 30.0  # a lock older than this was left by a writer that died
 
 
 @dataclass
@@ -181,16 +188,7 @@ class Workspace:
         """Write a whole file atomically: readers see the old or the new content, never half."""
         target = self.path(rel)
         if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write(target, data)
         else:
             self.fs.pipe_file(target, data)
 
@@ -228,17 +226,54 @@ class Workspace:
             return
         if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
             for local, rel in pairs:
-                target = self.path(rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
-                shutil.copyfile(local, tmp)
-                os.replace(tmp, target)
+                atomic_write(self.path(rel), Path(local).read_bytes())
             return
         self.fs.put([p[0] for p in pairs], [self.path(p[1]) for p in pairs])
 
     def get_file(self, rel: str, local: str | os.PathLike) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
         self.fs.get_file(self.path(rel), os.fspath(local))
+
+    @contextlib.contextmanager
+    def lock(self, rel: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+        """Hold the lock of ``rel`` (the object ``.<name>.lock`` beside it) against every
+        process that reaches this store, for a read-modify-write of ``rel``.
+
+        A lock older than ``LOCK_LEASE_SECONDS`` belongs to a writer that died and is
+        broken; the critical sections it guards take milliseconds.
+        """
+        folder, _, name = rel.rpartition("/")
+        lock = self.path(folder, f".{name}.lock")
+        self.fs.makedirs(self.path(folder), exist_ok=True)
+        token = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "time": time.time(), "id": uuid.uuid4().hex}).encode()
+        deadline, pause = time.monotonic() + timeout, 0.005
+        while True:
+            try:
+                self.fs.pipe_file(lock, token, mode="create")
+                break
+            except FileExistsError:
+                self._break_if_stale(lock)
+            if time.monotonic() > deadline:
+                raise WorkspaceError(
+                    f"{rel} in {self.url} stayed locked for {timeout:.0f} s: another process "
+                    f"is writing it, or delete {lock} if no process is")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(lock)
+
+    def _break_if_stale(self, lock: str) -> None:
+        try:
+            held = json.loads(self.fs.cat_file(lock))
+        except (FileNotFoundError, ValueError):
+            return  # released meanwhile, or being written: judge it by the next look
+        if time.time() - float(held.get("time", 0)) > LOCK_LEASE_SECONDS:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(lock)
 
     def delete(self, rel: str, recursive: bool = False) -> None:
         try:
@@ -265,3 +300,11 @@ class Workspace:
     def list_experiments(self) -> list[str]:
         return self.list_dir("experiments")
 
+
+
+def open_workspace(url: str | None) -> Workspace:
+    """The workspace at ``url`` (default: this process's, else ``./.mltrain``), with the
+    storage options this process was given for it (``MLTRAIN_WORKSPACE_OPTIONS``)."""
+    if url is None or url == os.environ.get("MLTRAIN_WORKSPACE"):
+        return Workspace.from_env() if os.environ.get("MLTRAIN_WORKSPACE") else Workspace()
+    return Workspace(url)

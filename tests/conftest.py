@@ -31,7 +31,7 @@ def prefect_server(mltrain_home):
     """A real `prefect server start` (SQLite), the embedded default, stopped at the end."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect_mltrain import server
+    from prefect_mltrain import runner, server
 
     info = server.ensure_server()
     os.environ["PREFECT_API_URL"] = info["api_url"]  # for the runners this process starts
@@ -43,7 +43,8 @@ def prefect_server(mltrain_home):
 
         APILogHandler().flush()  # what this process still has to send goes while the server
         EventsWorker.drain_all()  # is up
-    server.stop_server()  # and the warm runners
+    runner.stop_all()
+    server.stop_server()
     # PREFECT_API_URL stays set: without it, a late log line at exit would make Prefect
     # start a temporary server just to send it.
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"

@@ -77,8 +77,8 @@ def test_environment_record_never_holds_secret_values():
     env.secret_environment_variables = {"TOKEN": "hunter2"}
     env.python.user_managed_dependencies = True
     assert env.name == "e"
-    assert env.record()["secret_environment_variables"] == ["TOKEN"]
-    assert "hunter2" not in repr(env) and "hunter2" not in str(env.record())
+    assert env.model_dump(mode="json")["secret_environment_variables"] == ["TOKEN"]
+    assert "hunter2" not in repr(env) and "hunter2" not in str(env.model_dump(mode="json"))
     assert env.process_env() == {"A": "1", "TOKEN": "hunter2"}
     with pytest.raises(ValidationError):
         env.python.user_managed_dependencies = "maybe"

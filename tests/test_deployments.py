@@ -20,7 +20,7 @@ import pytest
 from conftest import write_script
 
 from prefect_mltrain import Environment, Experiment, ScriptRunConfig, Workspace
-from prefect_mltrain.records import process_alive
+from prefect_mltrain.compute.process import process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,8 +113,8 @@ def test_submit_to_a_pooled_target_goes_through_a_worker(cpu_box, tmp_path):
         source_directory=proj, script="train.py", compute_target="cpu-box",
         environment=with_secret("s3cr3t-value")))
     assert run.get_status() == "Queued"  # waits for a worker of the pool
-    deployed = ws.read_json(f"{run._dir}/deployment.json")
-    assert deployed["deployment"] == "submit-run/cpu-box"
+    deployed = run.get_details()["deployment"]
+    assert deployed["name"] == "submit-run/cpu-box"
 
     out = finish(start_worker("cpu-box"))
     details = run.wait_for_completion(timeout=60)
@@ -209,7 +209,7 @@ def test_cancel_through_the_api_kills_the_script_and_keeps_outputs(cpu_box, tmp_
     ws = Workspace(tmp_path / "ws")
     run = Experiment(ws, "cancel-me").submit(ScriptRunConfig(
         source_directory=proj, script="train.py", compute_target="cpu-box"))
-    flow_run_id = ws.read_json(f"{run._dir}/deployment.json")["flow_run_id"]
+    flow_run_id = run.get_details()["deployment"]["flow_run_id"]
     worker = start_worker("cpu-box")
     try:
         deadline = time.monotonic() + 180
@@ -240,7 +240,7 @@ def test_cancel_of_a_run_no_worker_has_taken(cpu_box, tmp_path):
     run = Experiment(ws, "queued").submit(ScriptRunConfig(
         source_directory=proj, script="train.py", compute_target="cpu-box",
         environment=with_secret("never-used")))
-    deployed = ws.read_json(f"{run._dir}/deployment.json")
+    deployed = run.get_details()["deployment"]
     assert Secret.load(deployed["private_block"]).get() == {
         "MLTRAIN_SECRETS": json.dumps({"API_TOKEN": "never-used"})}
     run.cancel()

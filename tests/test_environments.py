@@ -89,9 +89,9 @@ def test_curated_environments_need_no_registration():
 
 @pytest.mark.timeout(300)
 def test_build_caches_by_content_and_reordering_hits_the_cache():
-    first = build_environment(_env("a", "six", "packaging==24.2"))
+    first = build_environment(_env("a", "six", "packaging==24.2").build_spec())
     assert not first.cached and "packaging==24.2" in first.lock and "six==" in first.lock
-    again = build_environment(_env("b", "packaging==24.2", "six"))
+    again = build_environment(_env("b", "packaging==24.2", "six").build_spec())
     assert again.cached and again.interpreter == first.interpreter
     assert again.lock == first.lock
     import subprocess
@@ -103,8 +103,8 @@ def test_build_caches_by_content_and_reordering_hits_the_cache():
 
 @pytest.mark.timeout(300)
 def test_cache_miss_says_what_differs():
-    build_environment(_env("a", "six"))
-    other = build_environment(_env("b", "six", "packaging==24.1"))
+    build_environment(_env("a", "six").build_spec())
+    other = build_environment(_env("b", "six", "packaging==24.1").build_spec())
     assert not other.cached and "+packaging==24.1" in other.miss_reason
 
 
@@ -112,7 +112,7 @@ def test_cache_miss_says_what_differs():
 def test_concurrent_builds_of_one_environment_build_once():
     results = []
     env = _env("c", "six", "idna==3.7")
-    threads = [threading.Thread(target=lambda: results.append(build_environment(env)))
+    threads = [threading.Thread(target=lambda: results.append(build_environment(env.build_spec())))
                for _ in range(3)]
     for t in threads:
         t.start()
@@ -125,13 +125,13 @@ def test_concurrent_builds_of_one_environment_build_once():
 @pytest.mark.timeout(120)
 def test_bogus_package_fails_fast_with_the_resolvers_message():
     with pytest.raises(EnvironmentBuildError, match="not found in the package registry"):
-        build_environment(_env("bad", "no-such-package-mltrain-zz9"))
+        build_environment(_env("bad", "no-such-package-mltrain-zz9").build_spec())
 
 
 @pytest.mark.timeout(120)
 def test_conflicting_requirements_fail_with_the_resolvers_explanation():
     with pytest.raises(EnvironmentBuildError, match="requirements are unsatisfiable") as err:
-        build_environment(_env("clash", "numpy<2", "numpy>=2"))
+        build_environment(_env("clash", "numpy<2", "numpy>=2").build_spec())
     assert "numpy" in str(err.value)
 
 
@@ -139,7 +139,7 @@ def test_conda_packages_without_conda_are_a_clear_error():
     env = Environment("c")
     env.python.conda_dependencies.add_conda_package("libgomp")
     with pytest.raises(EnvironmentBuildError, match="need conda, mamba or micromamba"):
-        build_environment(env)
+        build_environment(env.build_spec())
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_sklearn_estimator_runs_like_its_script_run_config(ws, tmp_path):
     estimator = SKLearn(source_directory=proj, entry_script="train.py",
                         script_params={"--alpha": 0.5})
     details = Experiment(ws, "estimator").submit(estimator).wait_for_completion()
-    assert details["config"] == estimator.to_script_run_config().record()
+    assert details["config"] == estimator.to_script_run_config().model_dump(mode="json")
     assert "scikit-learn==" in details["environment_build"]["lock"]
     run = Experiment(ws, "estimator").get_runs()[0]
     metrics = run.get_metrics()

@@ -19,7 +19,7 @@ from prefect_mltrain import (
     TensorFlow,
     TensorflowConfiguration,
 )
-from prefect_mltrain.environment import resolve_interpreter
+from prefect_mltrain.environment_build import resolve_interpreter
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_estimator_equals_the_hand_written_script_run_config(proj):
                               environment=env, max_run_duration_seconds=600)
 
     src = est.to_script_run_config()
-    assert src.record() == by_hand.record()
+    assert src.model_dump(mode="json") == by_hand.model_dump(mode="json")
     assert src.environment.spec_hash() == env.spec_hash()
     assert src.distributed_job_config is None
 
@@ -60,14 +60,15 @@ def test_nothing_asked_means_the_default_environment(proj):
     src = Estimator(proj, entry_script="train.py").to_script_run_config()
     assert src.environment is None
     assert src.arguments == [] and src.compute_target == "local"
-    assert src.record() == ScriptRunConfig(source_directory=proj, script="train.py").record()
+    assert src.model_dump(mode="json") == ScriptRunConfig(
+        source_directory=proj, script="train.py").model_dump(mode="json")
 
 
 def test_variables_alone_keep_this_python(proj):
     env = Estimator(proj, entry_script="train.py",
                     environment_variables={"SEED": "7"}).to_script_run_config().environment
     assert env.python.user_managed_dependencies and not env.needs_build
-    assert resolve_interpreter(env) == sys.executable
+    assert resolve_interpreter(env.build_spec()) == sys.executable
     assert env.process_env() == {"SEED": "7"}
 
 

@@ -27,7 +27,7 @@ def _image_env(*packages, dockerfile=None):
 def test_image_is_built_tagged_reused_and_runs_the_script(docker_engine, tmp_path):
     env = _image_env("six")
     lines = []
-    built = build_image(env, client=docker_engine, on_line=lines.append)
+    built = build_image(env.build_spec(), client=docker_engine, on_line=lines.append)
     try:
         assert not built.cached and built.tag.startswith("mltrain-env:")
         assert any("Successfully tagged" in line for line in lines)  # the log streamed
@@ -39,7 +39,7 @@ def test_image_is_built_tagged_reused_and_runs_the_script(docker_engine, tmp_pat
         assert out.decode().strip() == "six /opt/mltrain/venv"
         image = docker_engine.images.get(built.tag)
         assert image.labels["mltrain.spec_hash"] == env.spec_hash()
-        again = build_image(env, client=docker_engine)
+        again = build_image(env.build_spec(), client=docker_engine)
         assert again.cached and again.tag == built.tag
     finally:
         docker_engine.images.remove(built.tag, force=True)
@@ -48,7 +48,7 @@ def test_image_is_built_tagged_reused_and_runs_the_script(docker_engine, tmp_pat
 def test_dockerfile_that_does_not_build_is_a_clear_error(docker_engine):
     env = _image_env(dockerfile=f"FROM {BASE_IMAGE}\nRUN echo broken-step && exit 3")
     with pytest.raises(EnvironmentBuildError, match="returned a non-zero code: 3"):
-        build_image(env, client=docker_engine)
+        build_image(env.build_spec(), client=docker_engine)
 
 
 def test_unreachable_engine_names_the_address_and_the_fix():
@@ -58,4 +58,4 @@ def test_unreachable_engine_names_the_address_and_the_fix():
 
 def test_image_needs_a_base():
     with pytest.raises(EnvironmentBuildError, match="docker.base_image"):
-        build_image(Environment("plain"))
+        build_image(Environment("plain").build_spec())

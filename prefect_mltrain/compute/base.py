@@ -1,46 +1,59 @@
-"""The seam every compute target implements: ``launch(spec) -> Job``.
+"""The seam every compute target implements: ``prepare`` the run's environment for the
+target, then ``launch`` the prepared script there and hand back a ``Job``.
 
-A target is a saved Prefect block (connection settings, editable in the UI) whose only
-job is to start the prepared command somewhere and hand back a ``Job`` the runner can
-poll, read output from, and kill. Everything else (snapshot, environment, syncing,
-states) is the same for every target and lives in the flow.
+A target is a saved Prefect block (connection settings, editable in the UI). It decides
+what its runs need before they start (a virtualenv on this machine, an image on its
+engine, or a virtualenv that each Dask worker finds or builds for itself) and how their
+processes start; the flow asks nothing else of it. Everything the same for every target
+(snapshot, syncing, states, the job loop) lives in the flow.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from prefect.blocks.core import Block
 
-from ..errors import ComputeTargetUnavailableError
+from ..config import ScriptRunConfig
+from ..environment import Environment
+from .jobs import Job
+
+OnLine = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """A run's environment, ready for one target: the interpreter (a path here, a name in
+    an image, or ``WORKER_PYTHON`` where each host finds its own) and what to record."""
+
+    interpreter: str
+    image: str | None = None
+    lock: str | None = None  # the pinned packages, for targets that build on each host
+    record: dict[str, Any] = field(default_factory=dict)  # the run's environment_build
 
 
 @dataclass
 class LaunchSpec:
-    """A prepared run: the command, its folder and environment, and its staging folder."""
+    """A prepared run: what to start, in which folder, with which variables."""
 
     run_id: str
     experiment: str
-    argv: list[str]
-    cwd: str
+    config: ScriptRunConfig
+    prepared: Prepared
+    cwd: str  # the restored snapshot
+    stage_dir: str  # where the run's context writes; mirrored into the workspace
     env: dict[str, str]  # for a process on this machine: its environment plus the run's
-    portable_env: dict[str, str]  # only the run's own variables, for containers and hosts
-    stage_dir: str
-    image: str | None = None
-    distributed: Any = None  # the distributed job configuration (JSON form)
-    environment: dict[str, Any] | None = None  # the environment record, for remote hosts
-    interpreter: str = ""  # the interpreter in argv, for targets that find their own
+    run_env: dict[str, str]  # only the run's own variables, for containers and other hosts
 
+    @property
+    def argv(self) -> list[str]:
+        return self.config.argv(self.prepared.interpreter)
 
-class Job(Protocol):
-    """A started script: poll it, read its output lines, kill it."""
-
-    def read_lines(self, timeout: float) -> list[str]: ...
-    def poll(self) -> int | None: ...
-    def finish_output(self, timeout: float = 5.0) -> list[str]: ...
-    def terminate(self, grace: float = 10.0) -> None: ...
-    def close(self) -> None: ...
+    @property
+    def distributed(self) -> Any:
+        return self.config.distributed_job_config
 
 
 class ComputeTarget(Block):
@@ -48,53 +61,15 @@ class ComputeTarget(Block):
 
     _block_schema_capabilities = ["launch"]
 
-    def launch(self, spec: LaunchSpec) -> Job:
-        raise NotImplementedError
-
     def check(self) -> None:
         """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now."""
 
+    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+        """Make the run's environment ready for this target (build output to ``on_line``)."""
+        raise NotImplementedError
+
+    def launch(self, spec: LaunchSpec) -> Job:
+        raise NotImplementedError
+
     def describe(self) -> str:
         return getattr(self, "_block_document_name", None) or type(self).__name__
-
-    @property
-    def runs_in_containers(self) -> bool:
-        """Whether the environment must be an image (True) or a local virtualenv."""
-        return False
-
-    def default_image(self) -> str | None:
-        return None
-
-
-def target_classes() -> list[type[ComputeTarget]]:
-    """Every compute target class (importing them registers their block types)."""
-    from . import blocks  # noqa: F401
-
-    return ComputeTarget.__subclasses__()
-
-
-def resolve_compute_target(target: Any) -> ComputeTarget:
-    """``"local"``, a saved target's name (``"docker-compute/gpu-box"`` or ``"gpu-box"``),
-    or a target object -> a ready target."""
-    from .local import LocalCompute
-
-    if isinstance(target, ComputeTarget):
-        return target
-    if target in (None, "", "local"):
-        return LocalCompute()
-    if isinstance(target, dict):  # an unsaved target, recorded with its settings
-        cls = Block.get_block_class_from_key(target["block_type_slug"])
-        return cls.model_validate(target["settings"])
-    name = str(target)
-    candidates = [name] if "/" in name else [
-        f"{cls.get_block_type_slug()}/{name}" for cls in target_classes()
-    ]
-    for candidate in candidates:
-        try:
-            return Block.load(candidate)
-        except (ValueError, KeyError):
-            continue
-    raise ComputeTargetUnavailableError(
-        f"no compute target named {name!r}: use 'local', create one first (e.g. "
-        "`mltrain compute create gpu-box --type docker`), or see `mltrain compute list`"
-    )

@@ -2,31 +2,34 @@
 
 Workers stand for slots and their addresses for hosts: a job of ``node_count`` nodes needs
 that many hosts with ``per_node`` workers each, checked before any rank starts. The
-snapshot travels to the workers with the tasks; each worker finds or builds the run's
-environment itself. MPI jobs keep a real ``mpiexec`` on the runner and start its per-node
-proxies as tasks on the workers, so the ranks form their own MPI world (also on a cluster
-started with ``dask-mpi``, whose world they never join).
+snapshot travels to the workers with the tasks. The runner resolves the environment's
+pinned packages once; each worker finds or builds that environment itself. MPI jobs keep a
+real ``mpiexec`` on the runner and start its per-node proxies as tasks on the workers, so
+the ranks form their own MPI world (also on a cluster started with ``dask-mpi``, whose
+world they never join).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import io
 import json
 import queue
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from ..distributed import RankPlan, Slot, job_env, plan_ranks, rank_env
+from ..environment import Environment
+from ..environment_build import resolve_lock
 from ..errors import ComputeTargetUnavailableError
-from .base import ComputeTarget, Job, LaunchSpec
-from .dask_worker import RankTask, free_port_here, run_rank
-from .gang import GangJob, mpiexec_with_proxies
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
+from .dask_worker import WORKER_PYTHON, RankTask, free_port_here, run_rank
+from .gang import GangJob, mpi_gang
+from .jobs import Job, unzip, zip_folders
 
 BEAT_SECONDS = 5.0
 
@@ -59,33 +62,35 @@ class DaskCompute(ComputeTarget):
     outputs_of_every_rank: bool = Field(
         False, description="Collect every rank's ./outputs under outputs/rank_N/ (rank 0's "
         "are always collected into outputs/).")
+    runner_silence_seconds: float = Field(
+        60.0, gt=0, description="Ranks stop themselves when the run's runner has not been "
+        "heard from for this long (it died with the machine it ran on).")
 
     def describe(self) -> str:
         return self.address or self.scheduler_file or self.cluster_class or "Dask"
 
-    def connect(self):
-        """A client (and the cluster made for it, if any)."""
+    def connect(self, resources: contextlib.ExitStack):
+        """A client (and the cluster made for it, if any), closed with ``resources``."""
         from distributed import Client
 
-        cluster = None
+        if not (self.cluster_class or self.scheduler_file or self.address):
+            raise ComputeTargetUnavailableError(
+                "DaskCompute needs address=, scheduler_file= or cluster_class=")
+        timeout = self.connect_timeout_seconds
         try:
             if self.cluster_class:
                 module, _, name = self.cluster_class.rpartition(".")
-                cluster = getattr(importlib.import_module(module), name)(**self.cluster_kwargs)
-                return Client(cluster, timeout=self.connect_timeout_seconds), cluster
+                cluster = resources.enter_context(
+                    getattr(importlib.import_module(module), name)(**self.cluster_kwargs))
+                return resources.enter_context(Client(cluster, timeout=timeout))
             if self.scheduler_file:
-                return Client(scheduler_file=self.scheduler_file,
-                              timeout=self.connect_timeout_seconds), None
-            if self.address:
-                return Client(self.address, timeout=self.connect_timeout_seconds), None
+                return resources.enter_context(
+                    Client(scheduler_file=self.scheduler_file, timeout=timeout))
+            return resources.enter_context(Client(self.address, timeout=timeout))
         except Exception as exc:
-            if cluster is not None:
-                cluster.close()
             raise ComputeTargetUnavailableError(
                 f"cannot reach the Dask cluster {self.describe()}: {exc}. Start the scheduler "
                 "or fix address/scheduler_file/cluster_class of this compute target") from exc
-        raise ComputeTargetUnavailableError(
-            "DaskCompute needs address=, scheduler_file= or cluster_class=")
 
     def check(self) -> None:
         if self.cluster_class:
@@ -97,19 +102,27 @@ class DaskCompute(ComputeTarget):
                     f"cluster_class {self.cluster_class!r} cannot be imported ({exc}): "
                     f"install {module.split('.')[0]} where runs start") from exc
             return
-        client, _ = self.connect()
-        client.close()
+        with contextlib.ExitStack() as resources:
+            self.connect(resources)
+
+    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+        """Nothing is built here: the packages are pinned once, and each worker finds or
+        builds that environment for itself."""
+        spec = environment.build_spec() if environment and environment.needs_build else None
+        lock = resolve_lock(spec, on_line) if spec else None
+        return Prepared(WORKER_PYTHON, lock=lock, record={
+            "name": environment.name if environment else "default", "where": "each worker",
+            "spec_hash": spec.hash if spec else None, "lock": lock or ""})
 
     def launch(self, spec: LaunchSpec) -> Job:
-        client, cluster = self.connect()
+        resources = contextlib.ExitStack()
         try:
+            client = self.connect(resources)
             plan = plan_ranks(spec.distributed) or RankPlan("single", 1, 1, [Slot(0, 0, 0)])
             placement = place(client, plan, self.worker_wait_seconds, self.describe())
-            return DaskJob(client, cluster, plan, placement, spec, self.outputs_of_every_rank)
+            return DaskJob(client, resources, plan, placement, spec, self)
         except BaseException:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            resources.close()
             raise
 
 
@@ -192,12 +205,12 @@ class DaskMember:
 class DaskJob:
     """The run's ranks on the cluster: a gang of rank tasks (or mpiexec + node proxies)."""
 
-    def __init__(self, client, cluster, plan: RankPlan, workers: list[str], spec: LaunchSpec,
-                 every_rank: bool):
+    def __init__(self, client, resources: contextlib.ExitStack, plan: RankPlan,
+                 workers: list[str], spec: LaunchSpec, target: DaskCompute):
         from distributed import Event, Variable
 
-        self.client, self.cluster, self.plan, self.spec = client, cluster, plan, spec
-        self.every_rank, self.attempt = every_rank, 0
+        self.client, self.resources, self.plan, self.spec = client, resources, plan, spec
+        self.target, self.attempt = target, 0
         self.members: dict[str, DaskMember] = {}
         self._notes = [f"[prefect-mltrain] {plan.describe()} on {client.scheduler.address}: "
                        + ", ".join(f"rank {s.rank} on {w}" for s, w in zip(plan.slots, workers,
@@ -209,11 +222,11 @@ class DaskJob:
         self._beating = threading.Event()
         threading.Thread(target=self._beat, daemon=True).start()
         client.subscribe_topic(f"mltrain-{spec.run_id}", self._on_event)
-        self.snapshot = client.scatter(_zip_dir(Path(spec.cwd)), broadcast=True,
+        self.snapshot = client.scatter(zip_folders([(Path(spec.cwd), "")]), broadcast=True,
                                        workers=sorted(set(workers)))
         self.master = workers[0].split("://")[-1].rsplit(":", 1)[0]  # rank 0's host
         self.workers = workers
-        env = dict(spec.portable_env)
+        env = dict(spec.run_env)
         if plan.kind == "mpi":
             self.gang = self._start_mpi(env)
         else:
@@ -229,9 +242,11 @@ class DaskJob:
 
     def _task(self, label: str, argv: list[str], env: dict[str, str]) -> RankTask:
         first = label.endswith(" 0")  # rank 0, or the node holding it
-        collect = ["outputs", "logs"] if first or self.every_rank else []
-        return RankTask(self.spec.run_id, label, argv, env,
-                        self.spec.environment, self.spec.interpreter, collect=collect)
+        collect = ["outputs", "logs"] if first or self.target.outputs_of_every_rank else []
+        environment = self.spec.config.environment
+        build = environment.build_spec() if environment else None
+        return RankTask(self.spec.run_id, label, argv, env, build, self.spec.prepared.lock,
+                        collect=collect, silence=self.target.runner_silence_seconds)
 
     def _start_ranks(self, env: dict[str, str], port: int) -> dict[str, Job]:
         self.attempt += 1
@@ -254,17 +269,13 @@ class DaskJob:
         """mpiexec here with the manual launcher; its per-node proxies as worker tasks."""
         nodes = [self.workers[n * self.plan.per_node] for n in range(self.plan.node_count)]
         hosts = [w.split("://")[-1].rsplit(":", 1)[0] for w in nodes]
-        mpiexec, commands = mpiexec_with_proxies(self.plan, self.spec.argv, hosts,
-                                                 self.spec.cwd, self.spec.env)
         node_env = {**env, **job_env(self.plan, self.master, self._port_on(nodes[0]),
                                      self.spec.run_id),
                     "MLTRAIN_RANK_ARGV": json.dumps(self.spec.argv)}
         self.attempt += 1
-        for i, (argv, worker) in enumerate(zip(commands, nodes, strict=True)):
-            DaskMember(self, self._task(f"node {i}", argv, node_env), worker)
-        members: dict[str, Job] = {"mpiexec": mpiexec, **self.members}
-        return GangJob(lambda port: members, essential={"mpiexec"},
-                       self_prefixed=frozenset({"mpiexec"}), port=1, retry_port=False)
+        return mpi_gang(self.plan, self.spec.argv, hosts, self.spec.cwd, self.spec.env,
+                        lambda n, proxy: DaskMember(self, self._task(f"node {n}", proxy,
+                                                                      node_env), nodes[n]))
 
     # -- running ------------------------------------------------------------------------------
 
@@ -320,37 +331,20 @@ class DaskJob:
             self._unpack(member.task.label, result["files"])
         self.gang.close()
         self.client.unsubscribe_topic(f"mltrain-{self.spec.run_id}")
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        self.resources.close()
         self.client = None
 
     def _unpack(self, label: str, files: bytes) -> None:
         """Rank 0's outputs and logs (its node's, for MPI) into the run's folders, other
-        ranks' under ``rank_N/`` (``node_N/``); every rank's run-context events into the
-        staging folder."""
+        ranks' under ``rank_N/`` (``node_N/``); every rank's stage into the run's stage."""
         cwd, stage = Path(self.spec.cwd), Path(self.spec.stage_dir)
-        with zipfile.ZipFile(io.BytesIO(files)) as zf:
-            for name in zf.namelist():
-                top, _, rest = name.partition("/")
-                if top == "stage":
-                    dest = stage / rest
-                elif label.endswith(" 0"):
-                    dest = cwd / top / rest
-                else:
-                    dest = cwd / top / label.replace(" ", "_") / rest
-                if not dest.resolve().is_relative_to((stage if top == "stage" else cwd)
-                                                     .resolve()):
-                    continue  # a hostile name: never write outside the run's folders
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(zf.read(name))
 
+        def destination(name: str) -> Path:
+            top, _, rest = name.partition("/")
+            if top == "stage":
+                return stage / rest
+            if label.endswith(" 0"):
+                return cwd / top / rest
+            return cwd / top / label.replace(" ", "_") / rest
 
-def _zip_dir(root: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                zf.write(path, path.relative_to(root).as_posix())
-    return buf.getvalue()
-
+        unzip(files, destination)

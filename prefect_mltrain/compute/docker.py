@@ -1,10 +1,9 @@
-"""The Docker target: the script runs in a container built from its environment."""
+"""The Docker target: the script runs in a container of an image built from its environment."""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -14,9 +13,12 @@ from typing import Any
 from pydantic import Field, SecretStr
 
 from ..distributed import free_port, job_env, plan_ranks
+from ..environment import Environment
 from ..errors import ComputeTargetUnavailableError
-from .base import ComputeTarget, Job, LaunchSpec
-from .gang import GangJob, mpiexec_with_proxies
+from ..image_build import build_image, docker_client
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
+from .gang import GangJob, mpi_gang
+from .jobs import Job, Lifeline, LineQueue
 from .local import LOOPBACK
 
 SRC, STAGE, LIB = "/mltrain/src", "/mltrain/stage", "/opt/mltrain/lib"
@@ -64,14 +66,8 @@ class DockerCompute(ComputeTarget):
     init: bool = Field(True, description="Run an init process that reaps orphans.")
     stop_grace_seconds: int = Field(10, description="Seconds between stop and kill.")
 
-    @property
-    def runs_in_containers(self) -> bool:
-        return True
-
-    def default_image(self) -> str:
-        return self.image
-
     def client(self):
+        """A connected client of the target's engine (logged in to its registry)."""
         import docker
 
         tls = None
@@ -80,15 +76,7 @@ class DockerCompute(ComputeTarget):
                 client_cert=(self.tls_client_cert, self.tls_client_key)
                 if self.tls_client_cert else None,
                 ca_cert=self.tls_ca_cert, verify=self.tls_ca_cert or self.tls_verify)
-        where = self.base_url or "the default engine (DOCKER_HOST or /var/run/docker.sock)"
-        try:
-            client = docker.DockerClient(base_url=self.base_url, tls=tls, timeout=60) \
-                if self.base_url else docker.from_env(timeout=60)
-            client.ping()
-        except Exception as exc:
-            raise ComputeTargetUnavailableError(
-                f"cannot reach the Docker engine at {where}: {exc}. Start the engine, or fix "
-                "base_url (and the TLS settings) of this compute target") from exc
+        client = docker_client(self.base_url, timeout=60, tls=tls)
         if self.registry_url and self.registry_username and self.registry_password:
             client.login(self.registry_username, self.registry_password.get_secret_value(),
                          registry=self.registry_url)
@@ -111,9 +99,24 @@ class DockerCompute(ComputeTarget):
                     f"image {image!r} is not on the engine and cannot be pulled ({exc}): "
                     "build or load it there, or name a reachable registry") from exc
 
+    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+        """The environment as an image on this engine: the environment's own
+        ``docker.base_image`` (else this target's ``image``) plus its packages."""
+        env = environment.model_copy(deep=True) if environment else Environment("default")
+        if not (env.docker.base_image or env.docker.base_dockerfile):
+            env.docker.base_image = self.image
+        record = {"name": env.name}
+        if not env.needs_build:  # user-managed: the image as it is
+            on_line(f"image {env.docker.base_image}: used as it is (user-managed environment)")
+            return Prepared("python3", image=env.docker.base_image,
+                            record={**record, "image": env.docker.base_image, "cached": True})
+        built = build_image(env.build_spec(), client=self.client(), on_line=on_line)
+        return Prepared("python", image=built.tag,
+                        record={**record, **built.record(), "interpreter": "python"})
+
     def launch(self, spec: LaunchSpec) -> Job:
         client = self.client()
-        image = spec.image or self.image
+        image = spec.prepared.image or self.image
         self.ensure_image(client, image)
         plan = plan_ranks(spec.distributed)
         if plan is None:
@@ -124,25 +127,22 @@ class DockerCompute(ComputeTarget):
                 "(the nodes' containers meet on the engine host's addresses)")
         nodes = range(plan.node_count)
         if plan.kind == "mpi":  # proxies of an mpiexec on the runner, one container per node
-            hosts = [f"127.0.0.{n + 2}" for n in nodes]
-            mpiexec, commands = mpiexec_with_proxies(plan, spec.argv, hosts, spec.cwd, spec.env)
             # The nodes share the host's name but not its shared memory: MPI must use TCP.
             env = {**job_env(plan, LOOPBACK, free_port(), spec.run_id),
                    "MLTRAIN_RANK_ARGV": json.dumps(spec.argv), "MLTRAIN_RANK_CWD": SRC,
                    "MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
-            members: dict[str, Job] = {"mpiexec": mpiexec}
-            for n, cmd in zip(nodes, commands, strict=True):
-                members[f"node {n}"] = self._start(
-                    client, image, spec, ["hydra_pmi_proxy", *cmd[1:]], env, f"-node{n}")
-            return GangJob(lambda port: members, essential={"mpiexec"},
-                           self_prefixed=frozenset({"mpiexec"}), retry_port=False)
+            return mpi_gang(plan, spec.argv, [f"127.0.0.{n + 2}" for n in nodes], spec.cwd,
+                            spec.env, lambda n, proxy: self._start(
+                                client, image, spec, ["hydra_pmi_proxy", *proxy[1:]], env,
+                                f"-node{n}"))
 
         def start(port: int) -> dict[str, Job]:  # a node launcher per container
             tf = [f"{LOOPBACK}:{free_port()}" for _ in plan.slots] \
                 if plan.kind == "tensorflow" else None
-            node_argv = [spec.argv[0], "-m", "prefect_mltrain.node", "--", *spec.argv]
+            node_argv = [spec.argv[0], "-m", "prefect_mltrain.compute.node", "--", *spec.argv]
             return {f"node {n}": self._start(client, image, spec, node_argv, {"MLTRAIN_NODE": (
-                json.dumps({"config": spec.distributed, "node": n, "master_addr": LOOPBACK,
+                json.dumps({"config": spec.distributed.model_dump(mode="json"), "node": n,
+                            "master_addr": LOOPBACK,
                             "master_port": port, "run_id": spec.run_id, "tf": tf}))},
                 f"-node{n}-{port}") for n in nodes}
 
@@ -155,8 +155,7 @@ class DockerCompute(ComputeTarget):
         """One container of the run, with its folders mounted and its run label."""
         import docker
 
-        env = {**spec.portable_env, **extra_env, "MLTRAIN_CONTEXT_DIR": STAGE,
-               "PYTHONPATH": LIB}
+        env = {**spec.run_env, **extra_env, "MLTRAIN_CONTEXT_DIR": STAGE, "PYTHONPATH": LIB}
         volumes = {spec.cwd: {"bind": SRC, "mode": "rw"},
                    spec.stage_dir: {"bind": STAGE, "mode": "rw"},
                    str(Path(__file__).resolve().parents[1]): {
@@ -188,33 +187,20 @@ class DockerJob:
 
     def __init__(self, container, base_url: str | None, grace: int):
         self.container, self.grace = container, grace
-        read_fd, self._lifeline = os.pipe()
-        self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "prefect_mltrain.compute.reaper", str(read_fd),
+        self._lifeline = Lifeline()
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect_mltrain.compute.reaper", str(self._lifeline.fd),
              base_url or "", container.id],
-            pass_fds=(read_fd,), start_new_session=True, stdin=subprocess.DEVNULL,
+            pass_fds=(self._lifeline.fd,), start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(read_fd)
-        os.set_inheritable(self._lifeline, False)
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._lifeline.handed_over()
+        self._lines = LineQueue()
+        self._lines.follow(self._log_chunks())
         self._exit: int | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
         threading.Thread(target=self._wait, daemon=True).start()
 
-    def _read(self) -> None:
-        partial = b""
-        try:
-            for chunk in self.container.logs(stream=True, follow=True):
-                lines = (partial + chunk).split(b"\n")
-                partial = lines.pop()
-                for line in lines:
-                    self._lines.put(line.decode(errors="replace").rstrip("\r"))
-        except Exception:  # the container went away under us
-            pass
-        if partial:
-            self._lines.put(partial.decode(errors="replace"))
-        self._lines.put(None)
+    def _log_chunks(self):
+        yield from self.container.logs(stream=True, follow=True)  # in the reader thread
 
     def _wait(self) -> None:
         try:
@@ -223,22 +209,13 @@ class DockerJob:
             self._exit = 137  # removed while we waited: killed
 
     def read_lines(self, timeout: float) -> list[str]:
-        out: list[str] = []
-        try:
-            line = self._lines.get(timeout=timeout)
-            while True:
-                if line is not None:
-                    out.append(line)
-                line = self._lines.get_nowait()
-        except queue.Empty:
-            return out
+        return self._lines.take(timeout)
 
     def poll(self) -> int | None:
         return self._exit
 
     def finish_output(self, timeout: float = 5.0) -> list[str]:
-        self._reader.join(timeout)
-        return self.read_lines(0)
+        return self._lines.finish(timeout)
 
     def terminate(self, grace: float = 10.0) -> None:
         try:
@@ -253,9 +230,7 @@ class DockerJob:
             self.container.remove(force=True)
         except Exception:
             pass
-        if self._lifeline >= 0:
-            os.close(self._lifeline)
-            self._lifeline = -1
+        self._lifeline.cut()
 
 
 def container_exists_for(run_id: str, client=None) -> list[Any]:

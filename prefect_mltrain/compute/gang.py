@@ -12,17 +12,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..distributed import FAILURE_MARK, PORT_IN_USE, RankPlan, free_port, mpi_argv
 from ..errors import ComputeTargetUnavailableError
+from .jobs import Job
 from .process import GuardedProcess
-
-if TYPE_CHECKING:  # no Prefect import: the node launcher runs this inside containers
-    from .base import Job
 
 PORT_RETRIES = 3
 PORT_RETRY_WINDOW = 60.0  # seconds after a start in which a port clash is retried
+MPIEXEC_START_SECONDS = 60.0
 
 
 class GangJob:
@@ -128,18 +126,29 @@ class GangJob:
             job.close()
 
 
-def mpiexec_with_proxies(plan: RankPlan, argv: list[str], hosts: list[str], cwd: str,
-                         env: dict[str, str]) -> tuple[GuardedProcess, list[list[str]]]:
-    """``mpiexec`` here with the manual launcher, and the per-node proxy commands it asks
-    the target to start on ``hosts`` (as tasks on Dask workers, in containers…)."""
+def mpi_gang(plan: RankPlan, argv: list[str], hosts: list[str], cwd: str,
+             env: dict[str, str], start_node: Callable[[int, list[str]], Job]) -> GangJob:
+    """An MPI job whose nodes are elsewhere (containers, Dask workers): ``mpiexec`` here
+    with the manual launcher, and ``start_node(n, proxy_argv)`` for the proxy command it
+    asks to be started on ``hosts[n]``. The ranks form their own MPI world; the job ends
+    with mpiexec, which prints their ``[rank N]`` lines."""
     mpiexec = GuardedProcess(mpi_argv(plan, argv, hosts=hosts, manual=True), cwd=cwd, env=env)
     lines: list[str] = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + MPIEXEC_START_SECONDS
     while "HYDRA_LAUNCH_END" not in lines:
         if mpiexec.poll() is not None or time.monotonic() > deadline:
             out = "\n".join(lines + mpiexec.finish_output(1))
             mpiexec.terminate(0)
             raise ComputeTargetUnavailableError(f"mpiexec did not start: {out[-2000:]}")
         lines += [line.strip() for line in mpiexec.read_lines(0.25)]
-    return mpiexec, [line.split(":", 1)[1].split() for line in lines
-                     if line.startswith("HYDRA_LAUNCH:")]
+    proxies = [line.split(":", 1)[1].split() for line in lines if line.startswith("HYDRA_LAUNCH:")]
+    members: dict[str, Job] = {"mpiexec": mpiexec}
+    try:
+        for n, proxy in enumerate(proxies):
+            members[f"node {n}"] = start_node(n, proxy)
+    except BaseException:
+        for job in members.values():
+            job.terminate(0)
+        raise
+    return GangJob(lambda port: members, essential={"mpiexec"},
+                   self_prefixed=frozenset({"mpiexec"}), port=1, retry_port=False)

@@ -1,9 +1,9 @@
 """Runs a command as the leader of its process group and takes the group down with the runner.
 
 Started by the runner as ``python -m prefect_mltrain.compute.guard FD -- ARGV...`` with the
-read end of a pipe as FD. The runner holds the write end: when the runner dies for any
-reason (even SIGKILL) the pipe closes and every process of the run is terminated, so a
-lost runner never leaves a training script behind. Standard library only, for speed.
+read end of a ``Lifeline`` as FD: when the runner dies for any reason (even SIGKILL) the
+pipe closes and every process of the run is terminated, so a lost runner never leaves a
+training script behind. Standard library only, for speed.
 """
 
 import os
@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 
+from .jobs import exit_code, wait_for_cut
+
 GRACE_SECONDS = 5.0
 
 
-def _kill_group_when_closed(fd: int) -> None:
-    while os.read(fd, 4096):
-        pass
+def _kill_group_when_cut(fd: int) -> None:
+    wait_for_cut(fd)
     group = os.getpgid(0)
     os.killpg(group, signal.SIGTERM)
     time.sleep(GRACE_SECONDS)
@@ -36,9 +37,8 @@ def main() -> None:
     except OSError as exc:
         print(f"prefect-mltrain: cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
         sys.exit(127)
-    threading.Thread(target=_kill_group_when_closed, args=(fd,), daemon=True).start()
-    code = proc.wait()
-    sys.exit(128 - code if code < 0 else code)
+    threading.Thread(target=_kill_group_when_cut, args=(fd,), daemon=True).start()
+    sys.exit(exit_code(proc.wait()))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
-"""The default target: the script runs as a local process tree (a gang of them when
-distributed)."""
+"""The default target: the script runs on this machine as a local process tree (a gang of
+them when distributed), in a virtualenv built here."""
 
 from __future__ import annotations
 
-from ..distributed import (
-    RankPlan,
-    free_port,
-    job_env,
-    mpi_argv,
-    plan_ranks,
-    rank_env,
-    without_mpi_world,
-)
-from .base import ComputeTarget, Job, LaunchSpec
+import os
+import sys
+
+from ..distributed import free_port, job_env, mpi_argv, plan_ranks, rank_env, without_mpi_world
+from ..environment import Environment
+from ..environment_build import build_environment
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
 from .gang import GangJob
+from .jobs import Job, run_context_path
 from .process import GuardedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -35,24 +33,30 @@ class LocalCompute(ComputeTarget):
     _block_type_slug = "mltrain-local-compute"
     _description = "Runs prefect-mltrain training scripts as local processes."
 
+    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+        spec = environment.build_spec() if environment else None
+        built = build_environment(spec, on_line=on_line)
+        return Prepared(built.interpreter, record={
+            "name": environment.name if environment else "default", **built.record()})
+
     def launch(self, spec: LaunchSpec) -> Job:
+        env = dict(spec.env)
+        if spec.prepared.interpreter != sys.executable:  # it finds Run.get_context() here
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
+                                                              env.get("PYTHONPATH")]))
         plan = plan_ranks(spec.distributed)
         if plan is None:
-            return GuardedProcess(spec.argv, cwd=spec.cwd, env=spec.env)
-        return launch_local_ranks(plan, spec)
+            return GuardedProcess(spec.argv, cwd=spec.cwd, env=env)
+        if plan.kind == "mpi":
+            env = {**without_mpi_world(env), **job_env(plan, LOOPBACK, free_port(), spec.run_id)}
+            return GuardedProcess(mpi_argv(plan, spec.argv), cwd=spec.cwd, env=env)
 
+        def start(port: int) -> dict[str, Job]:
+            tf = [f"{LOOPBACK}:{free_port()}" for _ in plan.slots] \
+                if plan.kind == "tensorflow" else None
+            return {f"rank {slot.rank}": GuardedProcess(spec.argv, cwd=spec.cwd, env={
+                **env, **rank_env(plan, slot, master_addr=LOOPBACK, master_port=port,
+                                  run_id=spec.run_id, tf_addresses=tf)})
+                for slot in plan.slots}
 
-def launch_local_ranks(plan: RankPlan, spec: LaunchSpec, host: str = LOOPBACK) -> Job:
-    """The plan's ranks as processes of this machine (every "node" is this one)."""
-    if plan.kind == "mpi":
-        env = {**without_mpi_world(spec.env), **job_env(plan, host, free_port(), spec.run_id)}
-        return GuardedProcess(mpi_argv(plan, spec.argv), cwd=spec.cwd, env=env)
-
-    def start(port: int) -> dict[int, Job]:
-        tf = [f"{host}:{free_port()}" for _ in plan.slots] if plan.kind == "tensorflow" else None
-        return {f"rank {slot.rank}": GuardedProcess(spec.argv, cwd=spec.cwd, env={
-            **spec.env, **rank_env(plan, slot, master_addr=host, master_port=port,
-                                   run_id=spec.run_id, tf_addresses=tf)})
-            for slot in plan.slots}
-
-    return GangJob(start, essential={f"rank {r}" for r in plan.essential})
+        return GangJob(start, essential={f"rank {r}" for r in plan.essential})

@@ -1,15 +1,19 @@
-"""Local process trees: start a command in its own group under a guard, stream, kill."""
+"""Local process trees: start a command as its own process group under a guard, read its
+output, and stop the whole group. Standard library only at import (the node launcher
+uses this inside containers); ``psutil`` is used where it is installed, on the runner."""
 
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
+
+from .jobs import Lifeline, LineQueue
+
+LEFTOVER_GRACE_SECONDS = 2.0  # for what a finished script left running in its group
 
 
 def kill_process_group(pgid: int, grace: float = 10.0) -> None:
@@ -37,51 +41,46 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class GuardedProcess:
     """A command running as a process-group leader under ``compute.guard``.
 
-    Output (stdout and stderr, merged in order) is read by a thread into a queue, so the
-    caller can poll lines without blocking on a quiet process.
+    Its output (stdout and stderr, merged in order) is read into a ``LineQueue``. The
+    guard holds a ``Lifeline``: when this process dies, the guard takes the group down.
+    When the command ends, whatever it left running in its group is stopped too.
     """
 
     def __init__(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]):
-        read_fd, self._lifeline = os.pipe()
-        guard = [sys.executable, "-m", "prefect_mltrain.compute.guard", str(read_fd), "--", *argv]
+        lifeline = Lifeline()
+        guard = [sys.executable, "-m", "prefect_mltrain.compute.guard", str(lifeline.fd), "--",
+                 *argv]
         self.proc = subprocess.Popen(
             guard, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(read_fd,),
+            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lifeline.fd,),
         )
-        os.close(read_fd)
-        os.set_inheritable(self._lifeline, False)
+        lifeline.handed_over()
+        self._lifeline = lifeline
         self.pgid = self.proc.pid
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for raw in iter(self.proc.stdout.readline, b""):
-            self._lines.put(raw.decode(errors="replace").rstrip("\r\n"))
-        self._lines.put(None)
+        self._lines = LineQueue()
+        self._lines.follow(iter(self.proc.stdout.readline, b""))
 
     def read_lines(self, timeout: float) -> list[str]:
-        """Lines printed since the last call; waits up to ``timeout`` for the first one."""
-        out: list[str] = []
-        try:
-            line = self._lines.get(timeout=timeout)
-            while True:
-                if line is not None:
-                    out.append(line)
-                line = self._lines.get_nowait()
-        except queue.Empty:
-            return out
+        return self._lines.take(timeout)
 
     def poll(self) -> int | None:
         return self.proc.poll()
 
     def finish_output(self, timeout: float = 5.0) -> list[str]:
-        """After exit: the remaining lines (a grandchild may hold the pipe; don't wait forever)."""
-        self._reader.join(timeout)
-        return self.read_lines(0)
+        return self._lines.finish(timeout)
 
     def terminate(self, grace: float = 10.0) -> None:
         kill_process_group(self.pgid, grace)
@@ -92,6 +91,7 @@ class GuardedProcess:
         self.close()
 
     def close(self) -> None:
-        if self._lifeline >= 0:
-            os.close(self._lifeline)
-            self._lifeline = -1
+        """Stop what the command left running in its group, and let the guard go."""
+        if self.proc.poll() is not None and group_alive(self.pgid):
+            kill_process_group(self.pgid, LEFTOVER_GRACE_SECONDS)
+        self._lifeline.cut()

@@ -1,4 +1,4 @@
-"""Starts one MPI rank: ``mpiexec ... python -m prefect_mltrain.rank -- ARGV...``.
+"""Starts one MPI rank: ``mpiexec ... python -m prefect_mltrain.compute.rank -- ARGV...``.
 
 MPI numbers the ranks; this gives each the same contract as the ranks other launchers start
 (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE`` … from MPICH's or Open MPI's own
@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+
+from .jobs import exit_code
 
 
 def _int(*names: str, default: int = 0) -> int:
@@ -56,8 +58,7 @@ def main() -> None:
     for line in iter(proc.stdout.readline, b""):
         out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
         out.flush()
-    code = proc.wait()
-    code = 128 - code if code < 0 else code
+    code = exit_code(proc.wait())
     if code:
         mark = f"prefect-mltrain: rank {env['RANK']} exited with code {code}"
         out.write(prefix + mark.encode() + b"\n")

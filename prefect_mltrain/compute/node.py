@@ -1,4 +1,4 @@
-"""One node of a distributed job inside a container: ``python -m prefect_mltrain.node``.
+"""One node of a distributed job inside a container: ``python -m prefect_mltrain.compute.node``.
 
 The runner starts a container per node with ``MLTRAIN_NODE`` (JSON: the distributed
 configuration, this node's number, the rendezvous address and the TensorFlow task
@@ -14,9 +14,9 @@ import os
 import signal
 import sys
 
-from .compute.gang import GangJob
-from .compute.process import GuardedProcess
-from .distributed import plan_ranks, rank_env
+from ..distributed import plan_ranks, rank_env
+from .gang import GangJob
+from .process import GuardedProcess
 
 
 def main() -> None:

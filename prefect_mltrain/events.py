@@ -1,0 +1,82 @@
+"""The event lines a run's processes append: metrics, tags and properties.
+
+One format, written by ``EventLog`` (inside the training script, one file per rank, or
+per handle outside it) and read back by ``metrics``/``tags``/``properties``. Appending
+JSON lines to a local file never waits on the network and needs no store credentials;
+the runner mirrors the files into the workspace. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+class EventLog:
+    """Append-only JSON lines in one local file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1)
+
+    def write(self, event: dict[str, Any]) -> None:
+        event.setdefault("time", time.time())
+        self._file.write(json.dumps(event, default=_jsonable) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def parse(texts: Iterable[bytes]) -> list[dict[str, Any]]:
+    """The events of some files' contents; a line still being written is skipped."""
+    events = []
+    for text in texts:
+        for line in text.decode(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def metrics(events: list[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
+    """Logged metrics: a single value, a list for a series, a dict of columns for rows."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.get("type") == "metric" and (name is None or event["name"] == name):
+            series.setdefault(event["name"], []).append(event)
+    out: dict[str, Any] = {}
+    for key, logged in series.items():
+        logged.sort(key=lambda e: (e.get("time", 0), e.get("rank", 0)))
+        if logged[0].get("kind") == "row":
+            columns: dict[str, list[Any]] = {}
+            for e in logged:
+                for col, val in e["value"].items():
+                    columns.setdefault(col, []).append(val)
+            out[key] = columns
+        elif len(logged) == 1:
+            out[key] = logged[0]["value"]
+        else:
+            out[key] = [e["value"] for e in logged]
+    return out
+
+
+def tags(events: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["key"]: e["value"] for e in events if e.get("type") == "tag"}
+
+
+def properties(events: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["key"]: e["value"] for e in events if e.get("type") == "property"}

@@ -1,0 +1,110 @@
+"""Every call this package makes to the Prefect API about a run outside its own flow:
+sending it to a work pool's deployment, looking its flow run up, canceling it, and the
+Secret block that carries its secrets to the worker.
+
+Each call talks to the configured Prefect API, else to the embedded local server
+(``server.using_server``). Work-pool administration is in ``pools.py``; the flow itself,
+its tasks and artifacts in ``flows.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from .compute.registry import resolve_compute_target, saved_target_name
+from .records import Deployment
+from .server import using_server
+
+FLOW_NAME = "submit-run"
+
+
+def deployment_name(target: str) -> str:
+    return f"{FLOW_NAME}/{target}"
+
+
+def deployment_for(recorded: Any) -> str | None:
+    """``submit-run/NAME`` when a run's target (as its record names it) has a work pool;
+    None to run it here. A name that is no saved target raises."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    target = saved_target_name(recorded)
+    if target is None:
+        return None
+    name = deployment_name(target)
+    with using_server(), get_client(sync_client=True) as client:
+        try:
+            if client.read_deployment_by_name(name).work_pool_name:
+                return name
+        except ObjectNotFound:
+            pass
+        resolve_compute_target(recorded)  # a saved target without a pool runs here; else raise
+    return None
+
+
+def send_to_pool(deployment: str, parameters: dict[str, Any], private: dict[str, str],
+                 tags: list[str]) -> Deployment:
+    """A flow run of ``deployment`` (a worker of its pool runs it). ``private`` (secrets,
+    store credentials) travels in a Secret block the flow reads once and deletes, never in
+    the flow run's parameters."""
+    from prefect.blocks.system import Secret
+    from prefect.deployments import run_deployment
+
+    block = None
+    with using_server():
+        if private:
+            block = f"mltrain-run-{parameters['run_id'].lower().replace('_', '-')}"
+            Secret(value=private).save(block, overwrite=True)
+            parameters = {**parameters, "private_block": block}
+        flow_run = run_deployment(deployment, parameters=parameters, timeout=0, tags=tags)
+    return Deployment(name=deployment, flow_run_id=str(flow_run.id), private_block=block)
+
+
+def take_secret(block: str) -> dict[str, str] | None:
+    """The values of a run's Secret block, deleted once read (None: already taken)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(block).get()
+    except ValueError:
+        return None
+    Secret.delete(block)
+    return value
+
+
+def delete_secret(block: str) -> None:
+    from prefect.blocks.system import Secret
+
+    with using_server(), contextlib.suppress(Exception):  # taken by the flow meanwhile
+        Secret.delete(block)
+
+
+def flow_run_state(flow_run_id: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with using_server(), get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+def cancel_if_scheduled(flow_run_id: str) -> bool:
+    """Cancel a flow run that no worker has taken yet; False when one has."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with using_server(), get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        if not (state and state.is_scheduled()):
+            return False
+        result = client.set_flow_run_state(flow_run_id, Cancelled(message="canceled by request"))
+    return result.status.value == "ACCEPT"
+
+
+def cancelling(flow_run_id: str) -> bool:
+    """Whether someone asked Prefect to cancel the flow run (the UI's Cancel button).
+    Uses the caller's Prefect settings as they are: the runner's own flow run's API."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state is not None and state.type.value in ("CANCELLING", "CANCELLED")

@@ -1,0 +1,174 @@
+"""``RunStore``: where runs live in a workspace, and the only writer of their records.
+
+Every creation or change of a ``run.json`` goes through here, as a read-modify-write
+under the workspace's lock of that record (``Workspace.lock``), so two writers — the
+runner moving its run along, a watcher ending a run whose runner died, a submitter adding
+where it sent the run — never lose each other's update. Reading never writes. The store
+also reads what a run's processes left in its folder (events, files) and keeps the
+smaller files a run has: the runner's heartbeat and cancel requests.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+from . import events as event_lines
+from .compute.registry import target_name
+from .config import ScriptRunConfig
+from .errors import RunNotFoundError
+from .files import is_partial
+from .layout import (
+    CANCEL,
+    EVENTS,
+    GIT_DIFF,
+    HEARTBEAT,
+    RECORD,
+    RESERVED_NAMES,
+    check_name,
+    experiment_dir,
+    new_run_id,
+    run_dir,
+    runs_dir,
+)
+from .records import RunRecord, RunStatus
+from .workspace import Workspace
+
+
+class RunStore:
+    """The runs of one workspace.
+
+    Example:
+        ```python
+        store = RunStore(Workspace())
+        record = store.create("demo", config=config)
+        store.move("demo", record.run_id, RunStatus.QUEUED)
+        ```
+    """
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.ws!r})"
+
+    # -- records ------------------------------------------------------------------------------
+
+    def create(self, experiment: str, *, config: ScriptRunConfig | None = None,
+               tags: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
+               status: RunStatus = RunStatus.NOT_STARTED, run_id: str | None = None,
+               **fields: Any) -> RunRecord:
+        """Record a new run of ``experiment``: its configuration (the compute target by
+        name), tags, git provenance (the diff goes beside the record) and ``fields``."""
+        check_name(experiment, "experiment name")
+        tags = {check_name(str(k), "tag key"): str(v) for k, v in (tags or {}).items()}
+        if config is not None:
+            config = config.model_copy(update={
+                "compute_target": target_name(config.compute_target)})
+        record = RunRecord(run_id=run_id or new_run_id(experiment), experiment=experiment,
+                           config=config, tags=tags, **fields)
+        record.move_to(RunStatus.NOT_STARTED)
+        if status != RunStatus.NOT_STARTED:
+            record.move_to(status)
+        folder = run_dir(experiment, record.run_id)
+        if git:
+            git = dict(git)
+            if diff := git.pop("diff", ""):
+                self.ws.write_bytes(f"{folder}/{GIT_DIFF}", diff.encode())
+            record.git = git
+        marker = f"{experiment_dir(experiment)}/experiment.json"
+        if not self.ws.exists(marker):
+            self.ws.write_json(marker, {"name": experiment, "created_at": time.time()})
+        with self.ws.lock(f"{folder}/{RECORD}"):
+            if self.ws.exists(f"{folder}/{RECORD}"):
+                raise FileExistsError(f"run {record.run_id} exists already in {self.ws}")
+            self.ws.write_bytes(f"{folder}/{RECORD}", record.to_json())
+        return record
+
+    def read(self, experiment: str, run_id: str) -> RunRecord:
+        try:
+            return RunRecord.from_json(self.ws.read_bytes(f"{run_dir(experiment, run_id)}/{RECORD}"))
+        except FileNotFoundError:
+            raise RunNotFoundError(
+                f"run {run_id!r} has no record in {self.ws}: list runs with `mltrain runs "
+                "list`") from None
+
+    def update(self, experiment: str, run_id: str,
+               change: Callable[[RunRecord], Any]) -> RunRecord:
+        """Apply ``change`` to the current record and write it, under the record's lock.
+        A ``change`` that returns False changes nothing (the record is not written)."""
+        path = f"{run_dir(experiment, run_id)}/{RECORD}"
+        with self.ws.lock(path):
+            record = self.read(experiment, run_id)
+            if change(record) is False:
+                return record
+            record.revision += 1
+            self.ws.write_bytes(path, record.to_json())
+        return record
+
+    def move(self, experiment: str, run_id: str, status: RunStatus | str,
+             **fields: Any) -> RunRecord:
+        """Move the run to ``status`` with ``fields``; a run that has ended stays as it is."""
+        return self.update(experiment, run_id, lambda r: r.move_to(status, **fields))
+
+    def set(self, experiment: str, run_id: str, **fields: Any) -> RunRecord:
+        """Set fields of the record without a change of status."""
+        return self.update(experiment, run_id,
+                           lambda r: [setattr(r, name, value) for name, value in fields.items()])
+
+    # -- finding runs -------------------------------------------------------------------------
+
+    def experiments(self) -> list[str]:
+        return self.ws.list_dir("experiments")
+
+    def run_ids(self, experiment: str) -> list[str]:
+        return self.ws.list_dir(runs_dir(experiment))
+
+    def records(self, experiment: str) -> list[RunRecord]:
+        """Every readable record of ``experiment``, newest first."""
+        found = []
+        for run_id in self.run_ids(experiment):
+            try:
+                found.append(self.read(experiment, run_id))
+            except (RunNotFoundError, ValueError):
+                continue  # a folder without a record yet (a run being created)
+        return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def experiment_of(self, run_id: str) -> str:
+        for name in self.experiments():
+            if self.ws.exists(f"{run_dir(name, run_id)}/{RECORD}"):
+                return name
+        raise RunNotFoundError(f"no run {run_id!r} in {self.ws}: list runs with `mltrain runs list`")
+
+    # -- the runner's pulse and requests to it --------------------------------------------------
+
+    def beat(self, experiment: str, run_id: str, **info: Any) -> None:
+        self.ws.write_json(f"{run_dir(experiment, run_id)}/{HEARTBEAT}", {
+            "time": time.time(), "host": socket.gethostname(), **info})
+
+    def heartbeat(self, experiment: str, run_id: str) -> dict[str, Any] | None:
+        return self.ws.read_json(f"{run_dir(experiment, run_id)}/{HEARTBEAT}", None)
+
+    def request_cancel(self, experiment: str, run_id: str) -> None:
+        self.ws.write_json(f"{run_dir(experiment, run_id)}/{CANCEL}",
+                           {"time": time.time(), "host": socket.gethostname()})
+
+    def cancel_requested(self, experiment: str, run_id: str) -> bool:
+        return self.ws.exists(f"{run_dir(experiment, run_id)}/{CANCEL}")
+
+    # -- what the run's processes wrote -------------------------------------------------------
+
+    def events(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
+        folder = f"{run_dir(experiment, run_id)}/{EVENTS}"
+        names = [n for n in self.ws.list_dir(folder) if not is_partial(n)]
+        return event_lines.parse(self.ws.read_bytes(f"{folder}/{n}") for n in names)
+
+    def file_names(self, experiment: str, run_id: str) -> list[str]:
+        """Files stored with the run (``outputs/``, ``logs/``, uploads, images)."""
+        files = self.ws.find(run_dir(experiment, run_id))
+        return sorted(f for f in files if PurePosixPath(f).parts[0] not in RESERVED_NAMES
+                      and not is_partial(PurePosixPath(f).name))
+

@@ -1,0 +1,100 @@
+"""Submitting a run: check where it goes, capture its source, record it, and start it.
+
+A run on a target with a work pool becomes a flow run of the target's deployment, which a
+worker of that pool runs; any other run gets a runner process on this machine
+(``runner.py``). Everything that can be wrong with the submission is found before the
+run is recorded, so a failed submit leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import warnings
+from typing import Any
+
+from . import runner
+from .compute.registry import saved_target_name, target_name
+from .config import ScriptRunConfig
+from .errors import ConfigurationError
+from .git import git_provenance
+from .records import Runner, RunRecord, RunStatus
+from .server import prefect_env
+from .snapshot import take_snapshot
+from .store import RunStore
+from .workspace import Workspace
+
+
+def submit(ws: Workspace, experiment: str, config: Any,
+           tags: dict[str, Any] | None = None) -> str:
+    """Record a run of ``config`` (a ``ScriptRunConfig`` or an ``Estimator``) and start it;
+    returns its id."""
+    config = as_script_run_config(config)
+    deployment = _deployment(ws, target_name(config.compute_target))
+    store = RunStore(ws)
+    snap = take_snapshot(ws, config.source_directory, progress=sys.stderr.isatty())
+    if snap.skipped:
+        warnings.warn(f"not captured (links leaving {config.source_directory}, or special "
+                      f"files): {', '.join(snap.skipped[:10])}", stacklevel=3)
+    record = store.create(experiment, config=config, tags=tags,
+                          git=git_provenance(config.source_directory),
+                          snapshot_id=snap.snapshot_id, snapshot_skipped=snap.skipped[:100])
+    secrets = config.environment.secrets() if config.environment else {}
+    _start(store, record, secrets, deployment)
+    return record.run_id
+
+
+def resubmit(store: RunStore, old: RunRecord, tags: dict[str, str]) -> str:
+    """A new run with the snapshot and configuration of ``old``; returns its id."""
+    record = store.create(old.experiment, config=old.config, tags=tags, git=old.git,
+                          snapshot_id=old.snapshot_id,
+                          properties={"resubmitted_from": old.run_id})
+    _start(store, record, {}, _deployment(store.ws, old.compute_target))
+    return record.run_id
+
+
+def as_script_run_config(config: Any) -> ScriptRunConfig:
+    if isinstance(config, ScriptRunConfig):
+        return config
+    if hasattr(config, "to_script_run_config"):
+        return config.to_script_run_config()
+    raise ConfigurationError(
+        f"submit() takes a ScriptRunConfig (or an Estimator), not {type(config).__name__}")
+
+
+def _deployment(ws: Workspace, target: Any) -> str | None:
+    """The deployment of ``target``'s work pool, or None to run here."""
+    if saved_target_name(target) is None:
+        return None  # runs here; and a local submit imports no Prefect
+    from .prefect_api import deployment_for
+
+    deployment = deployment_for(target)
+    if deployment and ws.protocol == "memory":
+        raise ConfigurationError(
+            f"{deployment} runs on a worker, which cannot see this process's memory:// "
+            "workspace: use a folder or a shared store (s3://, gs://, ...) as the workspace")
+    return deployment
+
+
+def _start(store: RunStore, record: RunRecord, secrets: dict[str, str],
+           deployment: str | None) -> None:
+    """Queue the run and hand it to its target's work pool, else to a local runner."""
+    ws, exp, run_id = store.ws, record.experiment, record.run_id
+    if deployment:
+        from .prefect_api import send_to_pool
+
+        private = ws.to_env() if ws.storage_options else {}  # store credentials
+        if secrets:
+            private["MLTRAIN_SECRETS"] = json.dumps(secrets)
+        store.move(exp, run_id, RunStatus.QUEUED)
+        sent = send_to_pool(deployment, {"experiment": exp, "run_id": run_id,
+                                         "workspace": ws.url},
+                            private, tags=["mltrain", f"experiment:{exp}"])
+        store.set(exp, run_id, deployment=sent)
+        return
+    env = {**os.environ, **prefect_env(), **ws.to_env(), "MLTRAIN_SECRETS": json.dumps(secrets)}
+    store.move(exp, run_id, RunStatus.QUEUED)
+    pid = runner.start(exp, run_id, env)
+    store.set(exp, run_id, runner=Runner(host=socket.gethostname(), pid=pid))
