@@ -65,7 +65,7 @@ def test_round_trip_restores_content_modes_and_internal_symlinks(tmp_path, ws):
     assert os.readlink(dest / "params.yaml") == "conf/params.yaml"
     assert (dest / "params.yaml").read_text() == "lr: 0.1\n"
     assert os.readlink(dest / "data/conf") == "../conf"
-    assert load_manifest(ws, result.snapshot_id)["symlinks"] == {
+    assert load_manifest(ws, result.snapshot_id).symlinks == {
         "data/conf": "../conf", "params.yaml": "conf/params.yaml"}
 
 
@@ -137,7 +137,7 @@ def test_ignore_files_apply_at_every_level_with_gitignore_semantics(tmp_path, ws
     ]
     assert not [p for p in listed if Path(p).name in ("build", ".git", "__pycache__")]
     result = take_snapshot(ws, src)
-    assert sorted(load_manifest(ws, result.snapshot_id)["files"]) == captured
+    assert sorted(load_manifest(ws, result.snapshot_id).files) == captured
 
 
 def test_symlinks_leaving_the_directory_are_skipped_never_followed(tmp_path, ws):
@@ -154,8 +154,8 @@ def test_symlinks_leaving_the_directory_are_skipped_never_followed(tmp_path, ws)
 
     assert result.skipped == ["broken", "conf/up", "events.pipe", "key.pem", "secrets"]
     manifest = load_manifest(ws, result.snapshot_id)
-    assert sorted(manifest["files"]) == ["conf/params.yaml", "data/small.csv", "train.py"]
-    assert sorted(manifest["symlinks"]) == ["data/conf", "params.yaml"]
+    assert sorted(manifest.files) == ["conf/params.yaml", "data/small.csv", "train.py"]
+    assert sorted(manifest.symlinks) == ["data/conf", "params.yaml"]
     restored = restore_snapshot(ws, result.snapshot_id, tmp_path / "out")
     assert not os.path.lexists(restored / "secrets")
     assert b"PRIVATE" not in b"".join(ws.read_bytes(f"blobs/{r}") for r in ws.find("blobs"))
@@ -310,7 +310,7 @@ def test_local_workspace_inside_the_source_is_not_captured(tmp_path):
     second = take_snapshot(ws, src)
 
     assert second.snapshot_id == first.snapshot_id and second.uploaded_files == 0
-    captured = load_manifest(ws, first.snapshot_id)["files"]
+    captured = load_manifest(ws, first.snapshot_id).files
     assert not any(rel.startswith("store/") for rel in captured)
 
 
