@@ -54,9 +54,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefect_mltrain.testing import loopback_cluster, start_group, stop_groups
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' loopback Dask cluster, shared
-from dask_cluster import loopback_cluster, start_group, stop_groups  # noqa: E402
 
 WORK = HERE / ".work"
 RESULTS = HERE / "results.json"

@@ -97,7 +97,7 @@ def write_script(folder: Path, name: str, body: str) -> Path:
 @pytest.fixture(scope="session")
 def dask_cluster(tmp_path_factory):
     """A real Dask cluster: two "hosts" (127.0.0.2, 127.0.0.3) with two workers each."""
-    from dask_cluster import loopback_cluster
+    from prefect_mltrain.testing import loopback_cluster
 
     with loopback_cluster(tmp_path_factory.mktemp("dask")) as address:
         yield address

@@ -158,7 +158,7 @@ def test_a_cluster_created_for_the_run_and_closed_after(ws, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_mpi_job_on_a_dask_mpi_cluster_has_its_own_world(ws, tmp_path):
-    from dask_cluster import dask_mpi_cluster
+    from prefect_mltrain.testing import dask_mpi_cluster
 
     write_script(tmp_path / "p", "train.py", MPI_ALLREDUCE)
     with dask_mpi_cluster(tmp_path / "dask-mpi", processes=3) as scheduler_file:
