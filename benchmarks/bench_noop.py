@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stamp.unlink(missing_ok=True)
         t0 = time.time()
         p0 = time.perf_counter()
-        out = subprocess.run([mltrain, "--workspace", str(ws_dir), "submit", "-e", "cli",
+        out = subprocess.run([mltrain, "submit", "--workspace", str(ws_dir), "-e", "cli",
                               str(proj), "noop.py"],
                              env={**ours_env, "BENCH_STAMP_FILE": str(stamp)},
                              cwd=root, capture_output=True, text=True, timeout=RUN_TIMEOUT)

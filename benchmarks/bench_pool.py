@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         rec = submit_and_wait(Experiment(ws, "pool"), pool_config, stamp, POOL_PHASES)
         t_end = time.time()
-        if rec["ok"]:  # a run that did not go through the pool has no deployment.json
+        if rec["ok"]:  # a run that did not go through the pool has no deployment
             run = Run(Experiment(ws, "pool"), rec["run_id"])
             rec["flow_run_id"] = deployment_flow_run_id(ws, run)
             rec["flow_run_phases"] = flow_run_phases(rec["flow_run_id"], t0, t_end)

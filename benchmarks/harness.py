@@ -39,7 +39,7 @@ SERVER_HOME = WORK / "mltrain-home"  # MLTRAIN_HOME: caches + the embedded Prefe
 # that its import happens before the clock starts.
 
 RUNNER_MODULE = "prefect_mltrain.flows"  # what a runner process (and a worker's engine) imports
-CLI_MODULES = "prefect_mltrain.cli, prefect_mltrain.experiment"  # the CLI's, before a submit
+CLI_MODULES = "prefect_mltrain.cli, prefect_mltrain.run"  # the CLI's, before a submit
 # In a fresh process (diagnostic): the `pip config list` a forked runner pays per image tag.
 PIP_CONFIG_IMPORT = "from prefect_mltrain.environment_build import _pip_config"
 SNAPSHOT_STAT_CACHE = SERVER_HOME / "cache" / "snapshot-stat"  # the machine-local stat cache
@@ -53,9 +53,11 @@ def ensure_server() -> dict[str, Any]:
 
 
 def stop_server() -> None:
-    """Stop the embedded Prefect server (and the warm runners), if one runs."""
+    """Stop the warm runners and the embedded Prefect server, if one runs."""
+    from prefect_mltrain.runner import stop_all
     from prefect_mltrain.server import stop_server
 
+    stop_all()
     stop_server()
 
 
@@ -75,9 +77,9 @@ def using_server() -> AbstractContextManager[None]:
 
 def warm_runner_socket() -> Path | None:
     """Where the warm runner of this checkout's library files and this server listens."""
-    from prefect_mltrain import warm
+    from prefect_mltrain.runner import socket_path
 
-    return warm.socket_path({**os.environ, **prefect_env()})
+    return socket_path({**os.environ, **prefect_env()})
 
 
 def snapshot_taker() -> Callable[..., Any]:
@@ -88,12 +90,13 @@ def snapshot_taker() -> Callable[..., Any]:
 
 
 def environment_builder(step_timeout: float) -> Callable[..., Any]:
-    """``build_environment(environment, on_line=…)``, each resolve / install step bounded at
-    ``step_timeout`` seconds like the peers' subprocesses (the library allows an hour)."""
+    """``build(environment, on_line=…)``: what ``mltrain env build`` does, each resolve /
+    install step bounded at ``step_timeout`` seconds like the peers' subprocesses (the
+    library allows an hour)."""
     from prefect_mltrain import environment_build as eb
 
     eb.RESOLVE_TIMEOUT_SECONDS = eb.INSTALL_TIMEOUT_SECONDS = step_timeout
-    return eb.build_environment
+    return lambda environment, **kwargs: eb.build_environment(environment.build_spec(), **kwargs)
 
 
 def clear_build_memos() -> None:
@@ -122,9 +125,9 @@ def uv_binary() -> str | None:
 
 
 def deployment_flow_run_id(ws: Any, run: Any) -> str:
-    """The Prefect flow run of a run sent to a work pool, from its ``deployment.json`` (a run
-    that did not go through a pool has none: an error)."""
-    return ws.read_json(f"{run._dir}/deployment.json")["flow_run_id"]
+    """The Prefect flow run of a run sent to a work pool (a run that did not go through a
+    pool has none: an error)."""
+    return run.get_details()["deployment"]["flow_run_id"]
 
 
 def create_target(name: str, target: Any) -> None:
