@@ -443,3 +443,21 @@ def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path, prefect_server):
     assert ws.exists(f"snapshots/{details['snapshot_id']}.json")
     # the run's watchdog thread polled the caller's server, not a temporary one of its own
     assert not SubprocessASGIServer._instances
+
+
+def test_a_script_cannot_forge_its_record_through_its_stage(ws, tmp_path):
+    write_script(tmp_path / "p", "forge.py", """
+        import json, os, pathlib
+        stage = pathlib.Path(os.environ["MLTRAIN_CONTEXT_DIR"])
+        own = (stage / "experiments" / os.environ["MLTRAIN_EXPERIMENT"] / "runs"
+               / os.environ["MLTRAIN_RUN_ID"])
+        own.mkdir(parents=True, exist_ok=True)
+        (own / "run.json").write_text(json.dumps({"run_id": "forged", "status": "Completed"}))
+        (own / "heartbeat.json").write_text("{}")
+        raise SystemExit(3)
+    """)
+    run = Experiment(ws, "forge").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                         script="forge.py"))
+    details = run.wait_for_completion(raise_on_error=False, timeout=120)
+    assert details["status"] == "Failed" and details["exit_code"] == 3
+    assert details["run_id"] == run.id

@@ -1,0 +1,130 @@
+"""The run record: one writer module, updates that never lose each other, reads that never
+write — on a local folder, in memory and on S3 (moto on loopback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from prefect_mltrain import Run, Workspace
+from prefect_mltrain.records import Runner, RunStatus
+from prefect_mltrain.store import RunStore
+from prefect_mltrain.watch import Watcher
+
+WRITES = 15
+
+
+def add_property(name: str, i: int):
+    """A change that takes a while between its read and its write, as a slow writer's would:
+    without the record's lock, writers running side by side would lose each other's."""
+    def change(record):
+        time.sleep(0.01)
+        record.properties[f"{name}-{i}"] = str(i)
+    return change
+
+
+WRITER = """
+import json, sys
+from prefect_mltrain import Workspace
+from prefect_mltrain.store import RunStore
+sys.path.insert(0, sys.argv[7])
+from test_store import add_property
+store = RunStore(Workspace(sys.argv[1], json.loads(sys.argv[2]) or None))
+for i in range(int(sys.argv[5])):
+    store.update(sys.argv[3], sys.argv[4], add_property(sys.argv[6], i))
+"""
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def shared_ws(request, tmp_path):
+    if request.param == "local":
+        return Workspace(tmp_path / "ws")
+    if request.param == "memory":
+        return Workspace(f"memory://store-{uuid.uuid4().hex}")
+    s3 = request.getfixturevalue("s3_workspace_options")
+    return Workspace(f"{s3['url']}/store-{uuid.uuid4().hex}", s3["storage_options"])
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_writers_never_lose_an_update(shared_ws):
+    store = RunStore(shared_ws)
+    record = store.create("cas")
+    if shared_ws.protocol == "memory":  # one process's store: writers are threads
+        def write(name):
+            for i in range(WRITES):
+                store.update("cas", record.run_id, add_property(name, i))
+        writers = [threading.Thread(target=write, args=(f"w{n}",)) for n in range(3)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(120)
+    else:  # separate processes, as a runner, a watcher and a submitter are
+        options = json.dumps(shared_ws.storage_options)
+        here = str(Path(__file__).parent)
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, shared_ws.url, options, "cas",
+                                   record.run_id, str(WRITES), f"w{n}", here]) for n in range(3)]
+        assert [p.wait(timeout=150) for p in procs] == [0, 0, 0]
+    final = store.read("cas", record.run_id)
+    assert len(final.properties) == 3 * WRITES
+    assert final.revision == 3 * WRITES
+    assert shared_ws.find(f"experiments/cas/runs/{record.run_id}").keys() == {"run.json"}
+
+
+def test_a_lock_left_by_a_dead_writer_is_broken(ws, monkeypatch):
+    from prefect_mltrain import workspace
+
+    store = RunStore(ws)
+    record = store.create("stale")
+    lock = f"experiments/stale/runs/{record.run_id}/.run.json.lock"
+    ws.write_json(lock, {"host": "gone", "pid": 1, "time": time.time() - 3600})
+    monkeypatch.setattr(workspace, "LOCK_TIMEOUT_SECONDS", 5.0)
+    assert store.move("stale", record.run_id, RunStatus.RUNNING).status == RunStatus.RUNNING
+    assert not ws.exists(lock)
+
+
+def test_an_ended_run_stays_ended(ws):
+    store = RunStore(ws)
+    record = store.create("final", status=RunStatus.RUNNING)
+    done = store.move("final", record.run_id, RunStatus.COMPLETED, exit_code=0)
+    again = store.move("final", record.run_id, RunStatus.FAILED, error="late")
+    assert again.status == RunStatus.COMPLETED and again.error is None
+    assert again.revision == done.revision
+    assert [h.status for h in again.status_history] == ["NotStarted", "Running", "Completed"]
+
+
+def test_reading_a_run_whose_runner_died_never_writes_and_the_watcher_ends_it(ws):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    store = RunStore(ws)
+    record = store.create("dead", status=RunStatus.RUNNING)
+    store.set("dead", record.run_id, runner=Runner(host=__import__("socket").gethostname(),
+                                                   pid=dead.pid))
+    path = f"experiments/dead/runs/{record.run_id}/run.json"
+    before = ws.read_bytes(path)
+
+    run = Run.get(ws, record.run_id)
+    assert run.get_status() == "Running"
+    run.get_details(), run.get_metrics(), run.get_file_names()
+    assert ws.read_bytes(path) == before  # reading changed nothing
+
+    ended = Watcher(store).settle(store.read("dead", record.run_id))
+    assert ended.status == RunStatus.FAILED
+    assert f"runner process {dead.pid}" in ended.error and "outputs synced so far" in ended.error
+    assert run.wait_for_completion(raise_on_error=False, timeout=10)["status"] == "Failed"
+
+
+def test_the_record_survives_a_reader_of_another_version(ws):
+    """A record with fields this version does not know is read (they are ignored)."""
+    store = RunStore(ws)
+    record = store.create("compat")
+    path = f"experiments/compat/runs/{record.run_id}/run.json"
+    data = json.loads(ws.read_bytes(path))
+    ws.write_bytes(path, json.dumps({**data, "added_later": {"x": 1}}).encode())
+    assert store.read("compat", record.run_id).run_id == record.run_id
