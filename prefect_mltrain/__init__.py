@@ -1,5 +1,13 @@
 """prefect-mltrain: configure and submit ML training runs on Prefect 3.
 
+The package is a stack of layers, each importing only from those below it (see
+``docs/architecture.md``): files, events and the store layout; the fsspec workspace and
+snapshots; environments and their builds; run configurations; compute targets (``prepare``
+then ``launch``); run records (``store.RunStore``, the only writer of ``run.json``);
+the script's context; the control plane (Prefect API, job loop, watcher); the
+``submit_run`` flow, runners and submission; and on top ``Experiment``, ``Run`` and the
+``mltrain`` command.
+
 Names are imported lazily so that ``from prefect_mltrain import Run`` inside a training
 script stays fast and never imports Prefect.
 """

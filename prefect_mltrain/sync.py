@@ -6,11 +6,10 @@ ending; each pass uploads only files whose size or mtime changed since the last 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .files import is_partial
+from .files import changed_files
 from .workspace import Workspace
 
 
@@ -30,30 +29,10 @@ class FolderSync:
         self.uploaded_bytes = 0
 
     def _changed(self) -> list[tuple[str, str, int]]:
-        out = []
-        for folder, prefix, skip in self.pairs:
-            if not folder.is_dir():
-                continue
-            root = folder.resolve()
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-                for name in filenames:
-                    if is_partial(name):
-                        continue  # a file being written atomically
-                    path = os.path.join(dirpath, name)
-                    try:
-                        if os.path.islink(path) and not Path(path).resolve().is_relative_to(root):
-                            continue  # never upload what a link outside the folder points to
-                        st = os.stat(path)
-                    except OSError:
-                        continue
-                    key = (st.st_size, st.st_mtime_ns)
-                    if self._seen.get(path) != key:
-                        rel = Path(path).relative_to(root).as_posix()
-                        self._seen[path] = key
-                        if skip is None or not skip(rel):
-                            out.append((path, f"{prefix}/{rel}", st.st_size))
-        return out
+        return [(path, f"{prefix}/{rel}", size)
+                for folder, prefix, skip in self.pairs
+                for path, rel, size in changed_files(folder, self._seen)
+                if skip is None or not skip(rel)]
 
     def sync(self) -> int:
         """One pass; returns the number of files uploaded."""

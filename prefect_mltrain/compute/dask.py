@@ -29,7 +29,7 @@ from ..errors import ComputeTargetUnavailableError
 from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
 from .dask_worker import WORKER_PYTHON, RankTask, free_port_here, run_rank
 from .gang import GangJob, mpi_gang
-from .jobs import Job, unzip, zip_folders
+from .jobs import Job, unzip, zip_files
 
 BEAT_SECONDS = 5.0
 
@@ -127,19 +127,25 @@ class DaskCompute(ComputeTarget):
 
 
 def place(client, plan: RankPlan, wait: float, where: str) -> list[str]:
-    """A distinct worker per rank, the ranks of a node on one host; fails before starting
-    anything when the cluster is too small (after waiting ``wait`` seconds for workers)."""
+    """A distinct worker per rank, the ranks of a node on one host, idle workers first;
+    fails before starting anything when the cluster is too small (after waiting ``wait``
+    seconds for workers)."""
     deadline = time.monotonic() + wait
     while True:
+        busy = {w: len(keys) for w, keys in client.processing().items()}
         hosts: dict[str, list[str]] = {}
-        for address, info in sorted(client.scheduler_info(n_workers=-1)["workers"].items()):
-            hosts.setdefault(info.get("host") or address, []).append(address)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        for address in sorted(workers, key=lambda w: (busy.get(w, 0), w)):
+            hosts.setdefault(workers[address].get("host") or address, []).append(address)
         if plan.kind in ("tensorflow", "single"):  # tasks go anywhere, one per worker
-            workers = [w for ws in hosts.values() for w in ws]
-            if len(workers) >= plan.world_size:
-                return workers[:plan.world_size]
+            anywhere = sorted((w for ws in hosts.values() for w in ws),
+                              key=lambda w: (busy.get(w, 0), w))
+            if len(anywhere) >= plan.world_size:
+                return anywhere[:plan.world_size]
         else:
-            nodes = [ws for ws in hosts.values() if len(ws) >= plan.per_node][:plan.node_count]
+            nodes = sorted((ws for ws in hosts.values() if len(ws) >= plan.per_node),
+                           key=lambda ws: sum(busy.get(w, 0) for w in ws[:plan.per_node])
+                           )[:plan.node_count]
             if len(nodes) == plan.node_count:
                 return [nodes[s.node_rank][s.local_rank] for s in plan.slots]
         if time.monotonic() >= deadline:
@@ -222,17 +228,21 @@ class DaskJob:
         self._beating = threading.Event()
         threading.Thread(target=self._beat, daemon=True).start()
         client.subscribe_topic(f"mltrain-{spec.run_id}", self._on_event)
-        self.snapshot = client.scatter(zip_folders([(Path(spec.cwd), "")]), broadcast=True,
-                                       workers=sorted(set(workers)))
+        tree = Path(spec.cwd)  # the restored snapshot: its links stay inside it
+        source = zip_files((p, p.relative_to(tree).as_posix())
+                           for p in sorted(tree.rglob("*")) if p.is_file())
+        self.snapshot = client.scatter(source, broadcast=True, workers=sorted(set(workers)))
         self.master = workers[0].split("://")[-1].rsplit(":", 1)[0]  # rank 0's host
         self.workers = workers
         env = dict(spec.run_env)
         if plan.kind == "mpi":
             self.gang = self._start_mpi(env)
-        else:
+        else:  # one process needs no rendezvous port, and retries none
+            single = plan.kind == "single"
             self.gang = GangJob(lambda port: self._start_ranks(env, port),
                                 essential={f"rank {r}" for r in plan.essential},
-                                port=self._port_on(workers[0]))
+                                port=1 if single else self._port_on(workers[0]),
+                                retry_port=not single)
         self.pgid = None
 
     # -- starting ----------------------------------------------------------------------------
@@ -282,10 +292,13 @@ class DaskJob:
     def _on_event(self, event) -> None:
         msg = event[1]
         member = self.members.get(msg["label"])
-        if member is not None:
-            for line in msg["lines"]:
-                member.lines.put(line)
-            member.received += len(msg["lines"])
+        if member is None:
+            return
+        for line in msg["lines"]:
+            member.lines.put(line)
+        member.received += len(msg["lines"])
+        if "files" in msg:  # what the rank changed lately: mirrored while it runs
+            self._unpack(msg["label"], msg["files"])
 
     def _beat(self) -> None:
         while not self._beating.wait(BEAT_SECONDS):

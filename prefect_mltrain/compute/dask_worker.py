@@ -2,17 +2,18 @@
 
 The task restores the run's snapshot in the worker's own folder, finds or builds the run's
 environment there (by its build key: a cache hit after the first run), starts the command
-as its own process group, publishes its output lines as Dask events, and stops it when
-the run is stopped or its runner has gone silent (Prefect does not stop processes on
-external workers; this does). It returns the rank's files (``outputs/``, ``logs/`` and
-its run-context stage) as one zip.
+as a guarded process group (it dies with the worker), and publishes as Dask events its
+output lines and, every few seconds, the files it changed (``outputs/``, ``logs/`` and
+its run-context stage, so the runner mirrors them while the rank runs). It stops the
+command when the run is stopped, when the scheduler drops the task (its runner is gone),
+or when the runner has gone silent (Prefect does not stop processes on external workers;
+this does). It returns the rank's files once more, all of them, as one zip.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ..environment_build import BuildSpec, build_environment
-from .jobs import LineQueue, exit_code, run_context_path, unzip, zip_folders
-from .process import group_alive, kill_process_group
+from ..files import changed_files
+from .jobs import run_context_path, unzip, zip_files
+from .process import GuardedProcess
 
 WORKER_PYTHON = "<worker-python>"  # argv[0] of a rank: the run's interpreter on its worker
 PUBLISH_INTERVAL = 0.2
 CHECK_INTERVAL = 1.0  # how often a rank asks the scheduler whether to stop
+FILES_INTERVAL = 2.0  # how often changed files go to the runner while the rank runs
+LIVE_FILE_BYTES = 8 * 1024 * 1024  # larger files travel only with the task's result
 
 
 @dataclass
@@ -67,6 +71,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     from ..distributed import without_mpi_world
 
     worker = get_worker()
+    key = worker.get_current_task()
     root = Path(worker.local_directory) / "mltrain" / task.run_id / task.label.replace(" ", "")
     shutil.rmtree(root, ignore_errors=True)
     src, stage = root / "src", root / "stage"
@@ -84,41 +89,52 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     if python != sys.executable:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
                                                           env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(_with_python(task.argv, python), cwd=src, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    lines = LineQueue()
-    lines.follow(iter(proc.stdout.readline, b""))
+    proc = GuardedProcess(_with_python(task.argv, python), cwd=str(src), env=env)
+    folders = [(src / n, n) for n in task.collect] + [(stage, "stage")]
+    seen: dict[str, tuple[int, int]] = {}
     published = 0
 
-    def publish(batch: list[str]) -> None:
+    def publish(lines: list[str] = (), files: bool = False) -> None:
         nonlocal published
-        if batch:
-            worker.log_event(task.topic, {"label": task.label, "lines": batch})
-            published += len(batch)
+        message: dict[str, Any] = {"label": task.label, "lines": lines}
+        if files:
+            changed = [(path, f"{prefix}/{rel}") for folder, prefix in folders
+                       for path, rel, size in changed_files(folder, seen)
+                       if size <= LIVE_FILE_BYTES]
+            if changed:
+                message["files"] = zip_files(changed)
+        if lines or "files" in message:
+            worker.log_event(task.topic, message)
+            published += len(lines)
 
     stop, alive = Event(task.stop_event), Variable(task.alive_variable)
-    stopped, checked = None, 0.0
+    stopped, checked, sent = None, 0.0, time.monotonic()
     while proc.poll() is None:
-        publish(lines.take(PUBLISH_INTERVAL))
+        publish(proc.read_lines(PUBLISH_INTERVAL))
+        if time.monotonic() - sent >= FILES_INTERVAL:
+            sent = time.monotonic()
+            publish(files=True)
         if time.monotonic() - checked < CHECK_INTERVAL:
             continue
         checked = time.monotonic()
-        if stop.is_set():
+        state = worker.state.tasks.get(key)
+        if state is None or state.state in ("cancelled", "released", "forgotten"):
+            stopped = "the scheduler dropped the task (its runner is gone)"
+        elif stop.is_set():
             stopped = "stopped by the runner"
         elif time.time() - float(alive.get(timeout=10) or 0) > task.silence:
             stopped = "the runner went silent"
         if stopped:
-            kill_process_group(proc.pid, task.grace)
+            proc.terminate(task.grace)
             break
-    code = proc.wait()
-    publish(lines.finish(5))
-    if group_alive(proc.pid):  # a grandchild left behind by the script
-        kill_process_group(proc.pid, 1.0)
-    files = zip_folders([(src / n, n) for n in task.collect] + [(stage, "stage")])
+    code = proc.poll()
+    publish(proc.finish_output(5))
+    proc.close()
+    files = zip_files([(path, f"{prefix}/{rel}") for folder, prefix in folders
+                       for path, rel, _ in changed_files(folder, {})])
     shutil.rmtree(root, ignore_errors=True)
-    return {"label": task.label, "exit_code": exit_code(code), "lines": published,
-            "stopped": stopped, "files": files}
+    return {"label": task.label, "exit_code": code, "lines": published, "stopped": stopped,
+            "files": files}
 
 
 def free_port_here() -> tuple[str, int]:

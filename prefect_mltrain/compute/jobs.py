@@ -110,15 +110,15 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def zip_folders(folders: Iterable[tuple[Path, str]]) -> bytes:
-    """The regular files under each ``(folder, prefix)``, symlinks left out, as one zip."""
+def zip_files(files: Iterable[tuple[str | Path, str]]) -> bytes:
+    """``(path, name)`` pairs as one zip, for a trip to another host."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for folder, prefix in folders:
-            for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-                if path.is_file() and not path.is_symlink():
-                    name = path.relative_to(folder).as_posix()
-                    zf.write(path, f"{prefix}/{name}" if prefix else name)
+        for path, name in files:
+            try:
+                zf.write(path, name)
+            except FileNotFoundError:  # deleted since it was listed
+                continue
     return buffer.getvalue()
 
 

@@ -16,14 +16,21 @@ from .jobs import Lifeline, LineQueue
 LEFTOVER_GRACE_SECONDS = 2.0  # for what a finished script left running in its group
 
 
-def kill_process_group(pgid: int, grace: float = 10.0) -> None:
-    """SIGTERM the whole group, then SIGKILL whatever is left after ``grace`` seconds."""
+def kill_process_group(pgid: int, grace: float = 10.0,
+                       leader: subprocess.Popen | None = None) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left after ``grace`` seconds.
+
+    ``leader``, our child that leads the group, is reaped as soon as it exits: until then
+    it counts as a member, and the whole grace would be waited for nothing.
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
         if not group_alive(pgid):
             return
         time.sleep(0.05)
@@ -56,7 +63,8 @@ class GuardedProcess:
 
     Its output (stdout and stderr, merged in order) is read into a ``LineQueue``. The
     guard holds a ``Lifeline``: when this process dies, the guard takes the group down.
-    When the command ends, whatever it left running in its group is stopped too.
+    When the command ends, whatever it left running in its group (a background child,
+    which would also hold the output pipe open) is stopped at once.
     """
 
     def __init__(self, argv: Sequence[str], cwd: str, env: Mapping[str, str]):
@@ -70,6 +78,7 @@ class GuardedProcess:
         lifeline.handed_over()
         self._lifeline = lifeline
         self.pgid = self.proc.pid
+        self._ended = False
         self._lines = LineQueue()
         self._lines.follow(iter(self.proc.stdout.readline, b""))
 
@@ -77,13 +86,18 @@ class GuardedProcess:
         return self._lines.take(timeout)
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        code = self.proc.poll()
+        if code is not None and not self._ended:
+            self._ended = True
+            if group_alive(self.pgid):  # only what the command left behind is in it now
+                kill_process_group(self.pgid, LEFTOVER_GRACE_SECONDS)
+        return code
 
     def finish_output(self, timeout: float = 5.0) -> list[str]:
         return self._lines.finish(timeout)
 
     def terminate(self, grace: float = 10.0) -> None:
-        kill_process_group(self.pgid, grace)
+        kill_process_group(self.pgid, grace, leader=self.proc)
         try:
             self.proc.wait(timeout=grace + 5)
         except subprocess.TimeoutExpired:
@@ -91,7 +105,6 @@ class GuardedProcess:
         self.close()
 
     def close(self) -> None:
-        """Stop what the command left running in its group, and let the guard go."""
-        if self.proc.poll() is not None and group_alive(self.pgid):
-            kill_process_group(self.pgid, LEFTOVER_GRACE_SECONDS)
+        """Let the guard go (once the command has ended, its group is already stopped)."""
+        self.poll()
         self._lifeline.cut()
