@@ -112,7 +112,8 @@ def test_cache_miss_says_what_differs():
 def test_concurrent_builds_of_one_environment_build_once():
     results = []
     env = _env("c", "six", "idna==3.7")
-    threads = [threading.Thread(target=lambda: results.append(build_environment(env.build_spec())))
+    spec = env.build_spec()
+    threads = [threading.Thread(target=lambda: results.append(build_environment(spec)))
                for _ in range(3)]
     for t in threads:
         t.start()

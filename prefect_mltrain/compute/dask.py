@@ -64,7 +64,8 @@ class DaskCompute(ComputeTarget):
         "are always collected into outputs/).")
     runner_silence_seconds: float = Field(
         60.0, gt=0, description="Ranks stop themselves when the run's runner has not been "
-        "heard from for this long (it died with the machine it ran on).")
+        "heard from for this long (one that hangs while connected; a runner that dies is "
+        "noticed within a second, when the scheduler drops its tasks).")
 
     def describe(self) -> str:
         return self.address or self.scheduler_file or self.cluster_class or "Dask"
