@@ -7,7 +7,8 @@ one, ``python -m prefect_mltrain.runner EXPERIMENT RUN_ID``.
 A cold runner pays ~2.5 s (interpreter start, Prefect import) before its flow run begins;
 a fork of a process that has imported everything costs milliseconds. A warm runner is
 keyed by interpreter, Prefect API URL and the installed package files, listens on a unix
-socket under ``$MLTRAIN_HOME/warm`` and exits after 30 idle minutes. A cold runner starts
+socket under ``$MLTRAIN_HOME/warm`` and exits after 30 idle minutes, or once its local
+Prefect server (the embedded one) has stopped answering. A cold runner starts
 a warm one for the next submit once its own run is over (so the two never compete for the
 CPU). Secrets arrive in ``MLTRAIN_SECRETS`` (the runner's environment only) and go to the
 script's process, never to Prefect parameters.
@@ -25,15 +26,19 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from .home import mltrain_home
+from .server import healthy
 
 IDLE_SECONDS = 1800
+SERVER_CHECK_SECONDS = 30.0  # how often an idle warm runner checks that its server answers
 CONNECT_TIMEOUT_SECONDS = 10
 _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 
@@ -175,13 +180,18 @@ def serve(path: Path) -> None:
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runners
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    listener.settimeout(IDLE_SECONDS)
-    inode = path.stat().st_ino
+    listener.settimeout(SERVER_CHECK_SECONDS)
+    inode, idle_since = path.stat().st_ino, time.monotonic()
+    api_url = os.environ.get("PREFECT_API_URL") or ""
+    local = urllib.parse.urlsplit(api_url).hostname in ("127.0.0.1", "localhost")
     while True:
         try:
             conn, _ = listener.accept()
-        except TimeoutError:
-            break
+        except TimeoutError:  # idle too long, or its local Prefect server has stopped
+            if time.monotonic() - idle_since >= IDLE_SECONDS or (local and not healthy(api_url)):
+                break
+            continue
+        idle_since = time.monotonic()
         line = conn.makefile().readline()
         if not line:
             conn.close()

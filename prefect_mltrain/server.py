@@ -51,7 +51,7 @@ def _state_dir() -> Path:
     return folder
 
 
-def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
             return resp.status == 200
@@ -65,7 +65,7 @@ def running_server() -> dict | None:
         info = json.loads((_state_dir() / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    return info if _healthy(info["api_url"]) else None
+    return info if healthy(info["api_url"]) else None
 
 
 def _free_port() -> int:
@@ -104,7 +104,7 @@ def ensure_server() -> dict:
                 start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not _healthy(api_url, timeout=1.0):
+        while not healthy(api_url, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise MLTrainError(
@@ -127,7 +127,7 @@ def stop_server() -> bool:
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + 15
-    while _healthy(info["api_url"], 0.5) and time.monotonic() < deadline:
+    while healthy(info["api_url"], 0.5) and time.monotonic() < deadline:
         time.sleep(0.2)
     (_state_dir() / "server.json").unlink(missing_ok=True)
     return True
