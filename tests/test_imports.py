@@ -111,3 +111,29 @@ def test_every_module_imports_on_its_own():
 
     with ThreadPoolExecutor(4) as pool:
         assert [f for f in pool.map(failure, names) if f] == []
+
+
+def test_every_package_the_code_imports_is_declared():
+    """A package imported by prefect_mltrain (outside the standard library) is one of its
+    declared dependencies, so a fresh install has it."""
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    declared = {canonicalize_name(Requirement(r).name) for r in requires("prefect-mltrain")
+                if "extra ==" not in r}
+    declared |= {canonicalize_name(e) for r in requires("prefect-mltrain")
+                 if "extra ==" not in r for e in Requirement(r).extras}  # dask[distributed]
+    imported = set()
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"prefect_mltrain"}
+    providers = packages_distributions()
+    undeclared = {name for name in third_party
+                  if not {canonicalize_name(d) for d in providers.get(name, [])} & declared}
+    assert undeclared == set()
