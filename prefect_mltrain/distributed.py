@@ -14,8 +14,10 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .errors import ConfigurationError
@@ -153,6 +155,46 @@ def rank_env(plan: RankPlan, slot: Slot, *, master_addr: str, master_port: int, 
 def without_mpi_world(env: dict[str, str]) -> dict[str, str]:
     """``env`` minus the variables of an enclosing MPI world, so our ranks start their own."""
     return {k: v for k, v in env.items() if not k.startswith(MPI_ENV_PREFIXES)}
+
+
+# A process that holds a known buffer, and one that reads it with process_vm_readv: the
+# cross-memory attach (CMA) MPICH uses between ranks of a node, tried between two siblings,
+# as ranks are. An unprivileged container (no SYS_PTRACE under Docker's default seccomp
+# profile) or Yama's ptrace_scope=1 refuses it.
+_HOLDER = ("import ctypes, sys; b = ctypes.create_string_buffer(b'mltrain'); "
+           "print(ctypes.addressof(b), flush=True); sys.stdin.read()")
+_READER = """
+import ctypes, sys
+class IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(7)
+local, remote = IOVec(ctypes.addressof(buf), 7), IOVec(int(sys.argv[2]), 7)
+read = ctypes.CDLL(None, use_errno=True).process_vm_readv
+n = read(int(sys.argv[1]), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+sys.exit(0 if n == 7 and buf.raw == b"mltrain" else 1)
+"""
+
+
+@lru_cache(maxsize=1)
+def cross_memory_attach() -> bool:
+    """Whether processes of this machine may read each other's memory (CMA)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        address = int(holder.stdout.readline())
+        return subprocess.run([sys.executable, "-c", _READER, str(holder.pid), str(address)],
+                              timeout=30).returncode == 0
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def mpi_node_env() -> dict[str, str]:
+    """What MPICH needs on this machine: without cross-memory attach, ranks of one node
+    copy through shared memory instead (else MPI_Init fails: process_vm_readv, errno 1)."""
+    return {} if cross_memory_attach() else {"MPIR_CVAR_CH4_CMA_ENABLE": "0"}
 
 
 def mpiexec() -> str:

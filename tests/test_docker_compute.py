@@ -5,9 +5,12 @@ Crash, timeout, cancel and a killed runner are the contract every target keeps:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import BASE_IMAGE, write_script
 
+import prefect_mltrain
 from prefect_mltrain import (
     Environment,
     Experiment,
@@ -154,6 +157,44 @@ def test_mpi_job_with_node_proxies_in_containers(ws, tmp_path, target, docker_en
     assert details["status"] == "Completed", details
     assert run.get_metrics() == {"allreduce": 10}
     assert container_exists_for(run.id, docker_engine) == []
+
+
+def test_mpi_ranks_sharing_a_container_work_without_ptrace(ws, tmp_path, target,
+                                                          docker_engine):
+    """Two ranks in one unprivileged container (no SYS_PTRACE: process_vm_readv is refused)
+    talk through shared memory: every rank is told not to use cross-memory attach."""
+    write_script(tmp_path / "p", "train.py", """
+        import os
+        from mpi4py import MPI
+        from prefect_mltrain import Run
+        comm = MPI.COMM_WORLD
+        payload = comm.bcast(b"x" * 200_000 if comm.Get_rank() == 0 else None, root=0)
+        told = comm.gather(os.environ.get("MPIR_CVAR_CH4_CMA_ENABLE"), root=0)
+        if comm.Get_rank() == 0:
+            Run.get_context().log("received", len(payload))
+            Run.get_context().log_list("cma_enable", told)
+    """)
+    env = Environment("mpi")
+    for package in ("mpi4py==4.1.2", "mpich==5.0.2"):
+        env.python.conda_dependencies.add_pip_package(package)
+    run = Experiment(ws, "docker-dist").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        environment=env,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=1)))
+    details = run.wait_for_completion(timeout=280, raise_on_error=False)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"received": 200_000, "cma_enable": ["0", "0"]}
+
+
+def test_the_launcher_sees_that_a_container_refuses_cross_memory_attach(docker_engine):
+    """Where local or Dask ranks run in such a container, the launcher tells them so."""
+    package = str(Path(prefect_mltrain.__file__).parent)
+    out = docker_engine.containers.run(
+        BASE_IMAGE, ["python3", "-c", "import sys; sys.path.insert(0, '/opt/lib'); "
+                     "from prefect_mltrain.distributed import mpi_node_env; print(mpi_node_env())"],
+        remove=True, network_mode="host",
+        volumes={package: {"bind": "/opt/lib/prefect_mltrain", "mode": "ro"}})
+    assert out.decode().strip() == "{'MPIR_CVAR_CH4_CMA_ENABLE': '0'}"
 
 
 def test_distributed_jobs_need_host_networking(ws, tmp_path, docker_engine):

@@ -68,7 +68,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
 
     from distributed import Event, Variable, get_worker
 
-    from ..distributed import without_mpi_world
+    from ..distributed import mpi_node_env, without_mpi_world
 
     worker = get_worker()
     key = worker.get_current_task()
@@ -86,6 +86,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     if "MLTRAIN_RANK_ARGV" in env:  # an MPI proxy: its ranks run the script with this python
         env["MLTRAIN_RANK_ARGV"] = json.dumps(
             _with_python(json.loads(env["MLTRAIN_RANK_ARGV"]), python))
+        env.update(mpi_node_env())  # as this worker's machine allows
     if python != sys.executable:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
                                                           env.get("PYTHONPATH")]))

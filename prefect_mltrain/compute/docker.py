@@ -127,10 +127,14 @@ class DockerCompute(ComputeTarget):
                 "(the nodes' containers meet on the engine host's addresses)")
         nodes = range(plan.node_count)
         if plan.kind == "mpi":  # proxies of an mpiexec on the runner, one container per node
-            # The nodes share the host's name but not its shared memory: MPI must use TCP.
+            # A container has no SYS_PTRACE, so the ranks it holds cannot use cross-memory
+            # attach; containers share the host's name but not its shared memory, so ranks
+            # of several containers must use TCP.
             env = {**job_env(plan, LOOPBACK, free_port(), spec.run_id),
                    "MLTRAIN_RANK_ARGV": json.dumps(spec.argv), "MLTRAIN_RANK_CWD": SRC,
-                   "MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
+                   "MPIR_CVAR_CH4_CMA_ENABLE": "0"}
+            if plan.node_count > 1:
+                env.update({"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"})
             return mpi_gang(plan, spec.argv, [f"127.0.0.{n + 2}" for n in nodes], spec.cwd,
                             spec.env, lambda n, proxy: self._start(
                                 client, image, spec, ["hydra_pmi_proxy", *proxy[1:]], env,

@@ -6,7 +6,15 @@ from __future__ import annotations
 import os
 import sys
 
-from ..distributed import free_port, job_env, mpi_argv, plan_ranks, rank_env, without_mpi_world
+from ..distributed import (
+    free_port,
+    job_env,
+    mpi_argv,
+    mpi_node_env,
+    plan_ranks,
+    rank_env,
+    without_mpi_world,
+)
 from ..environment import Environment
 from ..environment_build import build_environment
 from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
@@ -48,7 +56,8 @@ class LocalCompute(ComputeTarget):
         if plan is None:
             return GuardedProcess(spec.argv, cwd=spec.cwd, env=env)
         if plan.kind == "mpi":
-            env = {**without_mpi_world(env), **job_env(plan, LOOPBACK, free_port(), spec.run_id)}
+            env = {**without_mpi_world(env), **job_env(plan, LOOPBACK, free_port(), spec.run_id),
+                   **mpi_node_env()}
             return GuardedProcess(mpi_argv(plan, spec.argv), cwd=spec.cwd, env=env)
 
         def start(port: int) -> dict[str, Job]:
