@@ -261,10 +261,11 @@ def cancel(run_id: str, common: Common = _NO_COMMON) -> int:
 
 @app.command
 def snapshot(source_directory: str, common: Common = _NO_COMMON) -> int:
-    """Preview what a submit would capture from SOURCE_DIRECTORY (after ignore files)."""
+    """Preview what a submit would capture from SOURCE_DIRECTORY (after ignore files); a
+    tree over the workspace's snapshot budget is an error, as at submit."""
     from .snapshot import preview_snapshot
 
-    files = preview_snapshot(source_directory)
+    files = preview_snapshot(source_directory, _workspace(common))
     total = sum(size for _, size in files)
     _emit(common, files, "\n".join(f"{size:>12}  {name}" for name, size in files)
           + f"\n{len(files)} files, {total} bytes")

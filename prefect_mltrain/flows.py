@@ -247,7 +247,6 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
          watchdog: Watchdog) -> tuple[dict[str, Any], TerminationSignal | None]:
     """Prepare and execute the run; how it ended, and Prefect's cancel if that ended it."""
     experiment, run_id, config = record.experiment, record.run_id, record.config
-    phase = "Preparing"
     try:
         watchdog.tick()
         if watchdog.cancel_reason:
@@ -261,13 +260,15 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
         prepared = build_environment(target, config.environment, ws.url,
                                      run_dir(experiment, run_id))
         store.move(experiment, run_id, RunStatus.STARTING, environment_build=prepared.record)
-        phase = "Running"
         return execute(ws.url, experiment, run_id, target, prepared, secrets, watchdog), None
     except TerminationSignal as exc:  # a cancel from the UI/API, delivered by the worker
         return {"status": "Canceled", "error": "canceled from Prefect"}, exc
-    except Exception as exc:
-        return {"status": "Failed", "error": f"{phase}: {exc}",
-                "exit_code": store.read(experiment, run_id).exit_code}, None
+    except Exception as exc:  # named by the phase the run was in
+        now = store.read(experiment, run_id)
+        phases = [change.status for change in now.status_history
+                  if change.status != RunStatus.FINALIZING]  # the way out of Running
+        return {"status": "Failed", "error": f"{phases[-1].value}: {exc}",
+                "exit_code": now.exit_code}, None
 
 
 def _run_env(record: RunRecord, secrets: dict[str, str]) -> dict[str, str]:

@@ -333,7 +333,7 @@ class Run:
         names = [name for name in self.get_file_names() if name.startswith(prefix)]
         paths = []
         with progress_bar(progress and bool(names), "Downloading", len(names), "files") as advance:
-            for name in names:
+            for name in names:  # every listed name is a plain path inside the run
                 target = out / (name if append_prefix else name[len(prefix):].lstrip("/"))
                 self.experiment.workspace.get_file(f"{self._dir}/{name}", target)
                 paths.append(target)

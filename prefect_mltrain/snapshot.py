@@ -102,13 +102,18 @@ class _Tree:
     skipped: list[str] = field(default_factory=list)
 
 
-def preview_snapshot(source_directory: str | os.PathLike) -> list[tuple[str, int]]:
+def preview_snapshot(source_directory: str | os.PathLike,
+                     ws: Workspace | None = None) -> list[tuple[str, int]]:
     """List the regular files that a snapshot would capture, as sorted ``(relpath, size)`` pairs.
 
     Use it to tune ``.amlignore`` before you submit. Internal symlinks are also captured,
-    as links, but they are not listed here.
+    as links, but they are not listed here. With ``ws``, a tree over that workspace's
+    budget raises ``SnapshotTooLargeError``, as a submit would.
     """
-    tree = _walk(_source_root(source_directory))
+    root = _source_root(source_directory)
+    tree = _walk(root, _workspace_inside(ws, root) if ws else ())
+    if ws is not None:
+        _check_budget(root, tree, ws.settings.snapshot_max_bytes, ws.settings.snapshot_max_files)
     return sorted((rel, st.st_size) for rel, st in tree.files.items())
 
 

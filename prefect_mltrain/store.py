@@ -19,7 +19,7 @@ from typing import Any
 from . import events as event_lines
 from .compute.registry import target_name
 from .config import ScriptRunConfig
-from .errors import RunNotFoundError
+from .errors import RunNotFoundError, UnsafePathError
 from .files import is_partial
 from .layout import (
     CANCEL,
@@ -33,6 +33,7 @@ from .layout import (
     new_run_id,
     run_dir,
     runs_dir,
+    safe_relpath,
 )
 from .records import RunRecord, RunStatus
 from .workspace import Workspace
@@ -167,8 +168,18 @@ class RunStore:
         return event_lines.parse(self.ws.read_bytes(f"{folder}/{n}") for n in names)
 
     def file_names(self, experiment: str, run_id: str) -> list[str]:
-        """Files stored with the run (``outputs/``, ``logs/``, uploads, images)."""
+        """Files stored with the run (``outputs/``, ``logs/``, uploads, images). A stored
+        name that would leave the run's folder (``..``, put there by hand in a shared
+        bucket) is never listed, so it is never downloaded."""
         files = self.ws.find(run_dir(experiment, run_id))
-        return sorted(f for f in files if PurePosixPath(f).parts[0] not in RESERVED_NAMES
-                      and not is_partial(PurePosixPath(f).name))
+        return sorted(f for f in files if _listed(f))
 
+
+
+def _listed(name: str) -> bool:
+    try:
+        safe_relpath(name)
+    except UnsafePathError:
+        return False
+    path = PurePosixPath(name)
+    return path.parts[0] not in RESERVED_NAMES and not is_partial(path.name)

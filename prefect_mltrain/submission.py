@@ -66,8 +66,14 @@ def as_script_run_config(config: Any) -> ScriptRunConfig:
 
 def _deployment(ws: Workspace, target: Any) -> str | None:
     """The deployment of ``target``'s work pool, or None to run here."""
-    if saved_target_name(target) is None:
-        return None  # runs here; and a local submit imports no Prefect
+    if saved_target_name(target) is None:  # runs here; and a local submit imports no Prefect
+        if ws.protocol == "memory":
+            raise ConfigurationError(
+                "a memory:// workspace lives in this process only, and a submitted run "
+                "executes in a runner process of its own: use a folder (Workspace('./ws')) "
+                "or a shared store as the workspace, or run the flow in this process with "
+                "submit_run(experiment=..., config=..., workspace=ws.url)")
+        return None
     from .prefect_api import deployment_for
 
     deployment = deployment_for(target)

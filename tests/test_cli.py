@@ -133,6 +133,16 @@ def test_compute_env_server_and_snapshot_commands(cli, project):
         "train.py", "fail.py", "requirements.txt"}
 
 
+def test_snapshot_preview_over_the_budget_fails_as_a_submit_would(cli, project, tmp_path):
+    from prefect_mltrain import Workspace
+
+    Workspace(tmp_path / "ws").update_settings(snapshot_max_files=2)
+    code, out, err = cli("snapshot", str(project))
+    assert code == 2, (out, err)
+    assert "over the snapshot budget: 3 files (limit 2)" in err and "Largest files" in err
+    assert "Traceback" not in err
+
+
 def test_help_of_every_command(cli):
     for args in (["--help"], ["submit", "--help"], ["compute", "create", "--help"],
                  ["runs", "list", "--help"], ["env", "build", "--help"]):

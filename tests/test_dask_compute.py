@@ -140,6 +140,8 @@ def test_too_few_workers_is_a_clear_error_not_a_hang(ws, tmp_path, dask_cluster)
         distributed_job_config=PyTorchConfiguration(process_count=6, node_count=3)))
     details = run.wait_for_completion(timeout=90, raise_on_error=False)
     assert details["status"] == "Failed"
+    assert [h["status"] for h in details["status_history"]][-2:] == ["Starting", "Failed"]
+    assert details["error"].startswith("Starting: ")  # the phase the run was in
     assert "need 3 host(s) with 2 free worker(s) each" in details["error"]
     assert "Add workers, or lower node_count" in details["error"]
 

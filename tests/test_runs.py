@@ -22,6 +22,7 @@ from prefect_mltrain import (
     Run,
     ScriptRunConfig,
     UnsafePathError,
+    Workspace,
 )
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.timeout(180)]
@@ -254,6 +255,30 @@ def test_download_refuses_names_that_leave_the_run(ws, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_stored_names_that_leave_the_run_are_never_listed_or_downloaded(
+        s3_workspace_options, tmp_path):
+    """Anyone who can write to a shared bucket can store a key with ``..`` in a run's
+    folder; downloading the run's outputs must not write it outside the chosen folder."""
+    from prefect_mltrain.store import RunStore
+
+    ws = Workspace(s3_workspace_options["url"] + "/names",
+                   storage_options=s3_workspace_options["storage_options"])
+    record = RunStore(ws).create("names")
+    folder = f"experiments/names/runs/{record.run_id}"
+    ws.fs.pipe_file(ws.path(folder) + "/outputs/../../../../../escaped.txt", b"pwned")
+    ws.write_bytes(f"{folder}/outputs/model.txt", b"weights")
+    run = Run.get(ws, record.run_id)
+
+    assert run.get_file_names() == ["outputs/model.txt"]
+    out = tmp_path / "a" / "b" / "c" / "d"
+    run.download_files(prefix="outputs/", output_directory=out)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                     if p.is_file())
+    assert written == ["a/b/c/d/outputs/model.txt"]
+    with pytest.raises(UnsafePathError):
+        run.download_file("outputs/../../../../../escaped.txt", tmp_path / "x")
+
+
 def test_git_provenance_is_stored_with_the_run(ws, tmp_path):
     proj = tmp_path / "repo"
     write_script(proj, "t.py", "print('hi')\n")
@@ -386,6 +411,24 @@ def test_submit_run_flow_called_from_a_users_flow(ws, tmp_path, prefect_server):
     assert ws.exists(f"snapshots/{details['snapshot_id']}.json")
     # the run's watchdog thread polled the caller's server, not a temporary one of its own
     assert not SubprocessASGIServer._instances
+
+
+def test_a_memory_workspace_is_refused_at_submit_and_runs_in_this_process(tmp_path):
+    from prefect_mltrain import ConfigurationError, submit_run
+
+    write_script(tmp_path / "p", "t.py", """
+        from prefect_mltrain import Run
+        Run.get_context().log("acc", 0.5)
+    """)
+    ws = Workspace(f"memory://mem-{tmp_path.name}")
+    config = ScriptRunConfig(source_directory=tmp_path / "p", script="t.py")
+    with pytest.raises(ConfigurationError, match=r"memory://.*submit_run\("):
+        Experiment(ws, "mem").submit(config)
+    assert Experiment(ws, "mem").get_runs() == []  # nothing recorded
+
+    details = submit_run(experiment="mem", config=config, workspace=ws.url)
+    assert details["status"] == "Completed"
+    assert Run.get(ws, details["run_id"]).get_metrics() == {"acc": 0.5}
 
 
 def test_a_script_cannot_forge_its_record_through_its_stage(ws, tmp_path):
