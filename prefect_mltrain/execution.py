@@ -115,6 +115,13 @@ class RankLogs:
             f.close()
 
 
+def mask(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret value (of 4 characters or more) replaced by ``[secret]``."""
+    for value in sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, "[secret]")
+    return text
+
+
 def run_job(job: Job, *, sync: RunSync, std_log: Path, watchdog: Watchdog,
             max_seconds: int | None, logger: logging.Logger, grace: float = 10.0,
             secrets: list[str] = (), on_sync: Callable[[], None] | None = None) -> Outcome:
@@ -124,7 +131,6 @@ def run_job(job: Job, *, sync: RunSync, std_log: Path, watchdog: Watchdog,
     ``on_sync()`` is called after each periodic sync.
     The first failing rank of a distributed job stops every rank and fails the run.
     """
-    secrets = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
     interval = sync.store.ws.settings.sync_interval_seconds
     std_log.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -136,8 +142,7 @@ def run_job(job: Job, *, sync: RunSync, std_log: Path, watchdog: Watchdog,
     with open(std_log, "a", buffering=1) as out:
         def emit(lines: list[str]) -> None:
             for line in lines:
-                for value in secrets:
-                    line = line.replace(value, "[secret]")
+                line = mask(line, secrets)
                 out.write(line + "\n")
                 tail.append(line)
                 ranks.add(line)

@@ -33,7 +33,7 @@ from .compute.registry import resolve_compute_target
 from .config import ScriptRunConfig
 from .context import CONTEXT_DIR
 from .environment import Environment
-from .execution import RunSync, Watchdog, run_job, sync_quietly
+from .execution import RunSync, Watchdog, mask, run_job, sync_quietly
 from .git import git_provenance
 from .home import mltrain_home
 from .layout import EVENTS, LOGS, OUTPUTS, STD_LOG, run_dir
@@ -108,7 +108,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         outcome = run_job(job, sync=sync, std_log=own / STD_LOG,
                           watchdog=watchdog or Watchdog(store, experiment, run_id, None),
                           max_seconds=record.config.max_run_duration_seconds, logger=logger,
-                          secrets=list(secrets.values()), on_sync=progress)
+                          secrets=_masked(ws, secrets), on_sync=progress)
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
         store.move(experiment, run_id, RunStatus.FINALIZING)
@@ -157,10 +157,12 @@ class ProgressArtifact:
 
 @task(name="collect_artifacts", cache_policy=NO_CACHE)
 def collect_artifacts(workspace: str, experiment: str, run_id: str,
-                      outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+                      outcome: dict[str, Any] | None = None,
+                      secrets: list[str] | None = None) -> dict[str, Any]:
     """Publish the run summary, metrics table and outputs listing as Prefect artifacts.
 
-    ``outcome`` (status, exit code, error) describes an ending not yet in the record.
+    ``outcome`` (status, exit code, error) describes an ending not yet in the record;
+    ``secrets`` are masked wherever they appear (a secret logged as a metric or a tag).
     """
     store = RunStore(open_workspace(workspace))
     record = store.read(experiment, run_id)
@@ -169,9 +171,11 @@ def collect_artifacts(workspace: str, experiment: str, run_id: str,
     details = {**record.model_dump(mode="json"), **(outcome or {}),
                "tags": {**record.tags, **event_lines.tags(logged)}}
     key = run_id.lower().replace("_", "-")[-60:].strip("-")
-    create_markdown_artifact(key=f"run-{key}", markdown=_summary_markdown(details, files),
+    create_markdown_artifact(key=f"run-{key}", markdown=mask(_summary_markdown(details, files),
+                                                             secrets or []),
                              description=f"Run {run_id}")
-    rows = [{"metric": name, "value": json.dumps(value)[:200]} for name, value in metrics.items()]
+    rows = [{"metric": name, "value": mask(json.dumps(value)[:200], secrets or [])}
+            for name, value in metrics.items()]
     if rows:
         create_table_artifact(key=f"metrics-{key}", table=rows, description=f"Metrics of {run_id}")
     if files:
@@ -229,7 +233,8 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
     final = {"exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
              "log_tail": outcome.get("log_tail")}
     try:
-        collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]})
+        collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]},
+                          _masked(ws, secrets))
     except Exception as exc:  # artifacts are a view; the run's result stands without them
         get_run_logger().warning("could not publish artifacts: %s", exc)
     APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
@@ -280,10 +285,16 @@ def _run_env(record: RunRecord, secrets: dict[str, str]) -> dict[str, str]:
 
 
 def _local_env(ws: Workspace, stage: Path, run_env: dict[str, str]) -> dict[str, str]:
-    """A process on this machine: this process's environment, minus ours, plus the run's."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT__FLOW_RUN_ID", "MLTRAIN_SECRETS")}
-    return {**env, **ws.to_env(), **run_env, CONTEXT_DIR: str(stage)}
+    """A process on this machine: this process's environment, minus ours (the run's secrets
+    and the store's credentials among them), plus the run's."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "PREFECT__FLOW_RUN_ID", "MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE_OPTIONS")}
+    return {**env, **ws.to_env(credentials=False), **run_env, CONTEXT_DIR: str(stage)}
+
+
+def _masked(ws: Workspace, secrets: dict[str, str]) -> list[str]:
+    """What never leaves in clear: the run's secret values and the store's credentials."""
+    return [*secrets.values(), *ws.secret_values()]
 
 
 def _summary_markdown(details: dict[str, Any], files: list[str]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -35,6 +36,10 @@ from .files import atomic_write
 DEFAULT_WORKSPACE_DIR = ".mltrain"
 CONFIG_FILE_NAME = "mltrain.json"
 _RENAME_ATOMIC_PROTOCOLS = {"file", "local"}
+# Storage options that hold credentials (s3fs key/secret/token, adlfs account_key and
+# connection_string, gcsfs token, passwords, SAS tokens ...).
+_SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|connection",
+                         re.IGNORECASE)
 LOCK_TIMEOUT_SECONDS = 60.0
 LOCK_LEASE_SECONDS = 30.0  # a lock older than this was left by a writer that died
 
@@ -70,7 +75,9 @@ class Workspace:
         url = os.fspath(url) if url is not None else DEFAULT_WORKSPACE_DIR
         self.storage_options = dict(storage_options or {})
         try:
-            self.fs, root = url_to_fs(url, **self.storage_options)
+            # Other processes write here all the time: a cached listing would hide their files.
+            self.fs, root = url_to_fs(url, **{"use_listings_cache": False,
+                                              **self.storage_options})
         except (ImportError, ValueError) as exc:
             raise WorkspaceError(
                 f"cannot open workspace {url!r}: {exc}. Install the fsspec backend for its "
@@ -132,12 +139,32 @@ class Workspace:
         rel = "/".join(p.strip("/") for p in parts if p)
         return f"{self.root}/{rel}" if rel else self.root
 
-    def to_env(self) -> dict[str, str]:
-        """Environment variables from which a child process reopens this workspace."""
+    def to_env(self, credentials: bool = True) -> dict[str, str]:
+        """Environment variables from which a child process reopens this workspace; without
+        ``credentials`` (for a training script) the secret storage options are left out, so
+        the store's own credentials (an instance role, AWS_* variables) must do."""
+        options = self.storage_options if credentials else _without_secrets(self.storage_options)
         env = {"MLTRAIN_WORKSPACE": self.url}
-        if self.storage_options:
-            env["MLTRAIN_WORKSPACE_OPTIONS"] = json.dumps(self.storage_options)
+        if options:
+            env["MLTRAIN_WORKSPACE_OPTIONS"] = json.dumps(options)
         return env
+
+    def secret_values(self) -> list[str]:
+        """The credential values among the storage options, to mask wherever output goes."""
+        found: list[str] = []
+
+        def walk(value: Any, secret: bool) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, secret or bool(_SECRET_KEY.search(str(key))))
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item, secret)
+            elif secret and isinstance(value, str) and value:
+                found.append(value)
+
+        walk(self.storage_options, False)
+        return found
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Workspace:
@@ -300,6 +327,13 @@ class Workspace:
     def list_experiments(self) -> list[str]:
         return self.list_dir("experiments")
 
+
+
+def _without_secrets(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: _without_secrets(v) for k, v in options.items()
+                if not _SECRET_KEY.search(str(k))}
+    return options
 
 
 def open_workspace(url: str | None) -> Workspace:

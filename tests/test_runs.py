@@ -219,29 +219,75 @@ def test_twenty_concurrent_submissions_make_twenty_complete_records(ws, tmp_path
     assert len(exp.get_runs()) == 20
 
 
-def test_secret_variables_reach_the_script_but_no_record_or_log(ws, tmp_path):
-    write_script(tmp_path / "p", "s.py", """
-        import os
-        value = os.environ["API_TOKEN"]
-        open("outputs/len.txt", "w").write(str(len(value)))
-        print("plain", os.environ["PLAIN"])
-        print("careless print of", value)
-    """)
+TOKEN = "ghp_9sK2mQ7xR4vL1nB8cT5yW3zP6dF0hJ2aE4uX"  # looks like a real token
+S3_KEY, S3_SECRET = "AKIAIOSFODNN7MLTRAIN", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYmltrainKEY"
+
+LEAKY = """
+    import os, subprocess, sys, time
+    from prefect_mltrain import Run
+    value = os.environ["API_TOKEN"]
+    open("outputs/len.txt", "w").write(str(len(value)))
+    print("plain", os.environ["PLAIN"])
+    print("careless print of", value)
+    print("my environment:", dict(os.environ))
+    run = Run.get_context()
+    run.log("token", value)
+    run.tag("token", value)
+    open("outputs/started", "w").close()
+    while not os.path.exists("outputs/go"):  # the test looks at every process's argv
+        time.sleep(0.1)
+"""
+
+
+def _everything_prefect_keeps(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        params = client.read_flow_run(flow_run_id).parameters
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return json.dumps([params, [log.message for log in logs], [a.data for a in artifacts]],
+                      default=str)
+
+
+def test_secrets_and_store_credentials_never_reach_records_logs_artifacts_or_argv(
+        s3_workspace_options, tmp_path):
+    import psutil
+
+    options = {**s3_workspace_options["storage_options"], "key": S3_KEY, "secret": S3_SECRET}
+    ws = Workspace(s3_workspace_options["url"] + "/secrets", storage_options=options)
+    write_script(tmp_path / "p", "s.py", LEAKY)
     env = Environment("secretive", environment_variables={"PLAIN": "visible"})
-    env.secret_environment_variables = {"API_TOKEN": "s3cr3t-t0ken-value"}
+    env.secret_environment_variables = {"API_TOKEN": TOKEN}
     run = Experiment(ws, "secret").submit(ScriptRunConfig(source_directory=tmp_path / "p",
                                                           script="s.py", environment=env))
-    details = run.wait_for_completion()
-    assert run.download_file("outputs/len.txt", tmp_path).read_text() == "18"
-    stored = "".join(ws.read_bytes(f"{run._dir}/{name}").decode()
-                     for name in ws.find(run._dir))
-    assert "s3cr3t-t0ken-value" not in stored
+    _wait_for_file(run, "outputs/started")
+    argv = " ".join(" ".join(p.info["cmdline"] or [])
+                    for p in psutil.process_iter(["cmdline"]))
+    scratch = Path(os.environ["MLTRAIN_HOME"]) / "runs" / run.id / "src"
+    (scratch / "outputs" / "go").write_text("")
+    details = run.wait_for_completion(timeout=120)
+
+    assert run.download_file("outputs/len.txt", tmp_path).read_text() == str(len(TOKEN))
+    stored = "".join(ws.read_bytes(f"{run._dir}/{name}").decode(errors="replace")
+                     for name in ws.find(run._dir)
+                     if not name.startswith("events/"))  # what the script logged, as it was
+    kept = _everything_prefect_keeps(details["flow_run_id"])
+    record = json.dumps({k: v for k, v in details.items() if k != "tags"})  # the user's own
+    for secret in (TOKEN, S3_KEY, S3_SECRET):
+        assert secret not in stored and secret not in kept and secret not in argv
+        assert secret not in record
     assert "plain visible" in stored and "careless print of [secret]" in stored
+    assert "careless print of [secret]" in kept  # the script's output reached Prefect, masked
     assert details["config"]["environment"]["secret_environment_variables"] == ["API_TOKEN"]
-    from prefect.client.orchestration import get_client
-    with get_client(sync_client=True) as client:
-        params = client.read_flow_run(details["flow_run_id"]).parameters
-    assert "s3cr3t" not in json.dumps(params, default=str)
 
 
 def test_download_refuses_names_that_leave_the_run(ws, tmp_path):
