@@ -94,6 +94,8 @@ def ensure_server() -> dict:
             return info
         port = _free_port()
         api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
+        print(f"prefect-mltrain: starting the local Prefect server at {ui_url} (once; it "
+              "takes ~20 s, later commands reuse it)", file=sys.stderr, flush=True)
         env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_API_URL": "",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
         with open(state / "server.log", "ab") as log:

@@ -148,3 +148,20 @@ def test_help_of_every_command(cli):
                  ["runs", "list", "--help"], ["env", "build", "--help"]):
         code, out, _ = cli(*args)
         assert code == 0 and "Usage: mltrain" in out, args
+
+
+@pytest.mark.timeout(180)
+def test_the_first_start_of_the_local_server_says_what_it_waits_for(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["MLTRAIN_HOME"] = str(tmp_path / "home")  # no server runs for this home yet
+    try:
+        started = subprocess.run([str(BIN / "mltrain"), "server", "start"], env=env,
+                                 capture_output=True, text=True, timeout=150)
+        assert started.returncode == 0, started.stderr
+        assert "starting the local Prefect server" in started.stderr
+        assert "~20 s" in started.stderr
+        again = subprocess.run([str(BIN / "mltrain"), "server", "start"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert "starting" not in again.stderr  # found running: nothing to wait for
+    finally:
+        subprocess.run([str(BIN / "mltrain"), "server", "stop"], env=env, timeout=60)
