@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import bench_cancel
 import bench_dist
 import bench_docker
 import bench_env
@@ -14,7 +15,7 @@ import bench_pool
 import bench_snapshot
 from harness import check
 
-# The benchmarks in the order they run and are reported (README's a–f), by their --only name.
+# The benchmarks in the order they run and are reported (README's a–g), by their --only name.
 # Each module has TITLE, run(args) -> its numbers, checks(numbers) and render(numbers); the
 # Docker one also unavailable() and render_skipped(reason), the no-op one install_peer().
 BENCHMARKS: dict[str, ModuleType] = {
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "docker": bench_docker,
     "dist": bench_dist,
     "pool": bench_pool,
+    "cancel": bench_cancel,
 }
 
 

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool)
+                                                  # dist, pool, cancel)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -32,6 +32,9 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
             to a pooled ``LocalCompute`` target vs. ``run_deployment()`` of a no-op ``@flow``
             deployed to the same pool (Prefect's floor), and the same submit on local compute;
             interleaved.
+  cancel    ``run.cancel()`` → ``Canceled`` of a script that exits on SIGTERM, on local
+            compute, a loopback Dask cluster and (with an engine) the Docker target, vs. a
+            SIGTERM to the same script started by hand; interleaved.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """

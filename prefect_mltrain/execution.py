@@ -30,6 +30,7 @@ from .store import RunStore
 from .sync import FolderSync
 
 LOG_TAIL_LINES = 50
+CANCEL_CHECK_SECONDS = 0.2  # how often the runner looks for a cancel request
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Watchdog(threading.Thread):
                 self.tick()
             except Exception as exc:  # a flaky store must not kill the run
                 logging.getLogger("prefect_mltrain").debug("watchdog: %s", exc)
-            self._stop.wait(1.0)
+            self._stop.wait(CANCEL_CHECK_SECONDS)
 
     def tick(self) -> None:
         now = time.time()

@@ -27,7 +27,7 @@ from .process import GuardedProcess
 
 WORKER_PYTHON = "<worker-python>"  # argv[0] of a rank: the run's interpreter on its worker
 PUBLISH_INTERVAL = 0.2
-CHECK_INTERVAL = 1.0  # how often a rank asks the scheduler whether to stop
+CHECK_INTERVAL = 0.25  # how often a rank asks the scheduler whether to stop
 FILES_INTERVAL = 2.0  # how often changed files go to the runner while the rank runs
 LIVE_FILE_BYTES = 8 * 1024 * 1024  # larger files travel only with the task's result
 
