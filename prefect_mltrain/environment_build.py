@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import EnvironmentBuildError
+from .compute.process import GuardedProcess
+from .errors import EnvironmentBuildError, RunCanceledError
 from .files import atomic_write
 from .home import cache_dir
 
@@ -100,26 +102,60 @@ class BuiltEnvironment:
                 "lock": self.lock}
 
 
+@dataclass
+class Steps:
+    """How a build runs its steps: each a guarded process group (it dies with us), its
+    output lines to ``on_line``, stopped within a second once ``stop()`` says so."""
+
+    on_line: Callable[[str], None] | None = None
+    stop: Callable[[], bool] | None = None
+    log: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+        if self.on_line:
+            self.on_line(line)
+
+    def run(self, argv: list[str], *, timeout: float, what: str) -> None:
+        env = {**os.environ, **_index_env(), "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
+        proc = GuardedProcess(argv, cwd=os.getcwd(), env=env)
+        deadline, tail = time.monotonic() + timeout, []
+        try:
+            while proc.poll() is None:
+                for line in proc.read_lines(0.25):
+                    tail.append(line)
+                    self.say(line)
+                if self.stop and self.stop():
+                    raise RunCanceledError(f"{what}: stopped, the run was canceled")
+                if time.monotonic() > deadline:
+                    raise EnvironmentBuildError(f"{what} took longer than {timeout:.0f} s")
+            for line in proc.finish_output():
+                tail.append(line)
+                self.say(line)
+        finally:
+            proc.terminate(grace=2) if proc.poll() is None else proc.close()
+        if proc.poll() != 0:
+            detail = "\n".join(line for line in tail[-15:] if line.strip())
+            raise EnvironmentBuildError(f"{what} failed:\n{detail}")
+
+
 def build_environment(spec: BuildSpec | None, on_line: Callable[[str], None] | None = None,
-                      lock: str | None = None) -> BuiltEnvironment:
+                      lock: str | None = None,
+                      stop: Callable[[], bool] | None = None) -> BuiltEnvironment:
     """Resolve and build ``spec`` (or find it built); ``on_line`` receives build output.
 
     ``lock`` (the pinned set resolved elsewhere, e.g. by the runner of a Dask job) skips
-    the resolve, so every machine installs exactly the same versions.
+    the resolve, so every machine installs exactly the same versions. Once ``stop()`` is
+    true (the run was canceled) the build stops within a second: ``RunCanceledError``.
     """
     if spec is None or not spec.needs_build:
         return BuiltEnvironment(interpreter=resolve_interpreter(spec))
     conda = _conda_binary(list(spec.conda)) if spec.conda else None
-    log: list[str] = []
-
-    def say(line: str) -> None:
-        log.append(line)
-        if on_line:
-            on_line(line)
-
+    steps = Steps(on_line, stop)
+    say, log = steps.say, steps.log
     started = time.monotonic()
     base_python = _base_python(spec.python)
-    lock = resolve_lock(spec, say) if lock is None else lock
+    lock = resolve_lock(spec, steps) if lock is None else lock
     conda_spec = " ".join([*spec.channels, *spec.conda]) if conda else ""
     key = build_key(lock, f"venv {_python_identity(base_python)} {conda_spec}")
     venv = cache_dir("envs") / key[:24]
@@ -141,8 +177,8 @@ def build_environment(spec: BuildSpec | None, on_line: Callable[[str], None] | N
         shutil.rmtree(venv, ignore_errors=True)
         try:
             if conda:
-                _create_conda_prefix(conda, venv, spec, say)
-            _install(venv, base_python, lock, list(spec.pip_options), say, exists=bool(conda))
+                _create_conda_prefix(conda, venv, spec, steps)
+            _install(venv, base_python, lock, list(spec.pip_options), steps, exists=bool(conda))
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
@@ -179,13 +215,12 @@ def _conda_binary(packages: list[str]) -> str:
     )
 
 
-def _create_conda_prefix(conda: str, prefix: Path, spec: BuildSpec,
-                         say: Callable[[str], None]) -> None:
+def _create_conda_prefix(conda: str, prefix: Path, spec: BuildSpec, steps: Steps) -> None:
     """A conda prefix with python and the conda packages; pip packages go in after."""
     python = f"python={spec.python or platform.python_version()}"
     channels = [part for channel in spec.channels for part in ("-c", channel)]
-    _run([conda, "create", "-y", "-p", str(prefix), python, *spec.conda, *channels],
-         say, timeout=INSTALL_TIMEOUT_SECONDS, what=f"creating the conda environment {prefix}")
+    steps.run([conda, "create", "-y", "-p", str(prefix), python, *spec.conda, *channels],
+              timeout=INSTALL_TIMEOUT_SECONDS, what=f"creating the conda environment {prefix}")
 
 
 def _base_python(version: str | None) -> str:
@@ -211,66 +246,47 @@ def _python_identity(python: str) -> str:
     return out.stdout.strip()
 
 
-def resolve_lock(spec: BuildSpec, say: Callable[[str], None] | None = None) -> str:
+def resolve_lock(spec: BuildSpec, steps: Steps | None = None) -> str:
     """The pinned requirement set of ``spec``: frozen once per spec hash, then reused."""
-    say = say or (lambda line: None)
+    steps = steps or Steps()
     frozen = cache_dir("envs", "locks") / f"{spec.hash}.txt"
     if frozen.exists():
         return frozen.read_text()
     lock = ""
     if spec.pip:
-        say(f"resolving {len(spec.pip)} requirement(s) with uv")
-        requirements = "\n".join([*spec.pip_options, *spec.pip]) + "\n"
-        lock = _run(_uv("pip", "compile", "-", "--quiet", "--no-header", "--no-annotate",
-                        "--python", _base_python(spec.python), *_index_args()),
-                    say, stdin=requirements, timeout=RESOLVE_TIMEOUT_SECONDS,
-                    what=f"resolving {list(spec.pip)}")
+        steps.say(f"resolving {len(spec.pip)} requirement(s) with uv")
+        with tempfile.TemporaryDirectory(prefix="mltrain-resolve-") as tmp:
+            requirements, out = Path(tmp, "requirements.in"), Path(tmp, "requirements.txt")
+            requirements.write_text("\n".join([*spec.pip_options, *spec.pip]) + "\n")
+            steps.run(_uv("pip", "compile", str(requirements), "-o", str(out), "--quiet",
+                          "--no-header", "--no-annotate", "--python", _base_python(spec.python),
+                          *_index_args()),
+                      timeout=RESOLVE_TIMEOUT_SECONDS, what=f"resolving {list(spec.pip)}")
+            lock = out.read_text()
     atomic_write(frozen, lock)
     return lock
 
 
-def _install(venv: Path, python: str, lock: str, pip_options: list[str],
-             say: Callable[[str], None], exists: bool = False) -> None:
+def _install(venv: Path, python: str, lock: str, pip_options: list[str], steps: Steps,
+             exists: bool = False) -> None:
     """Create the virtualenv (unless ``exists``, a conda prefix) and install the lock."""
-    if _uv_binary():
-        if not exists:
-            _run(_uv("venv", str(venv), "--python", python, "--quiet"), say,
-                 timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
-        if lock.strip():
-            _run(_uv("pip", "install", "--python", str(venv / "bin" / "python"), "-r", "-",
-                     *pip_options_args(pip_options), *_index_args()),
-                 say, stdin=lock, timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
-        return
     if not exists:
-        _run([python, "-m", "venv", str(venv)], say, timeout=INSTALL_TIMEOUT_SECONDS,
-             what="creating the virtualenv")
-    if lock.strip():
-        reqs = venv / "mltrain-requirements.txt"
-        reqs.write_text("\n".join(pip_options) + "\n" + lock)
-        _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-r", str(reqs)], say,
-             timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
+        steps.run(_uv("venv", str(venv), "--python", python, "--quiet") if _uv_binary()
+                  else [python, "-m", "venv", str(venv)],
+                  timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
+    if not lock.strip():
+        return
+    reqs = venv / "mltrain-requirements.txt"
+    reqs.write_text(lock)
+    installer = [*_uv("pip", "install", "--python", str(venv / "bin" / "python")),
+                 *_index_args()] if _uv_binary() else [  # pip reads its own settings
+        str(venv / "bin" / "python"), "-m", "pip", "install"]
+    steps.run([*installer, "-r", str(reqs), *pip_options_args(pip_options)],
+              timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
 
 
 def pip_options_args(options: list[str]) -> list[str]:
     return [part for option in options for part in option.split()]
-
-
-def _run(argv: list[str], say: Callable[[str], None], *, timeout: float, what: str,
-         stdin: str | None = None) -> str:
-    """Run a build step, streaming its stderr; its stdout is returned."""
-    env = {**os.environ, **_index_env(), "UV_PYTHON_DOWNLOADS": "never",
-           "VIRTUAL_ENV": ""}
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise EnvironmentBuildError(f"{what} took longer than {timeout:.0f} s") from exc
-    for line in proc.stderr.splitlines():
-        say(line)
-    if proc.returncode != 0:
-        detail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise EnvironmentBuildError(f"{what} failed:\n{detail}")
-    return proc.stdout
 
 
 @lru_cache(maxsize=1)

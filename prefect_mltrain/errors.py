@@ -29,6 +29,10 @@ class ComputeTargetUnavailableError(MLTrainError):
     """The compute target cannot be reached or used."""
 
 
+class RunCanceledError(MLTrainError):
+    """A step of a run stopped because the run was canceled."""
+
+
 class RunNotFoundError(MLTrainError, KeyError):
     """No run with that id exists in the workspace."""
 

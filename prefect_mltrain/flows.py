@@ -33,6 +33,7 @@ from .compute.registry import resolve_compute_target
 from .config import ScriptRunConfig
 from .context import CONTEXT_DIR
 from .environment import Environment
+from .errors import RunCanceledError
 from .execution import RunSync, Watchdog, mask, run_job, sync_quietly
 from .git import git_provenance
 from .home import mltrain_home
@@ -55,12 +56,14 @@ def snapshot(workspace: str, source_directory: str) -> str:
 
 @task(name="build_environment", cache_policy=NO_CACHE)
 def build_environment(target: ComputeTarget, environment: Environment | None,
-                      workspace: str | None = None, run_dir_rel: str | None = None) -> Prepared:
+                      workspace: str | None = None, run_dir_rel: str | None = None,
+                      watchdog: Watchdog | None = None) -> Prepared:
     """Make the run's environment ready for its compute target (a virtualenv here, an image
     on its engine, or pinned packages each Dask worker installs), or find it ready.
 
     The build output goes to the Prefect log and, with ``run_dir_rel``, to
-    ``logs/environment_build.log`` of the run — also when the build fails.
+    ``logs/environment_build.log`` of the run — also when the build fails. A cancel of the
+    run (seen by its ``watchdog``) stops the build.
     """
     logger, lines = get_run_logger(), []
 
@@ -69,7 +72,8 @@ def build_environment(target: ComputeTarget, environment: Environment | None,
         logger.info(line)
 
     try:
-        return target.prepare(environment, on_line)
+        return target.prepare(environment, on_line, stop=lambda: bool(
+            watchdog and watchdog.cancel_reason))
     finally:
         if run_dir_rel and lines:
             open_workspace(workspace).write_bytes(f"{run_dir_rel}/{LOGS}/environment_build.log",
@@ -263,11 +267,13 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
         target = resolve_compute_target(config.compute_target)
         target.check()
         prepared = build_environment(target, config.environment, ws.url,
-                                     run_dir(experiment, run_id))
+                                     run_dir(experiment, run_id), watchdog)
         store.move(experiment, run_id, RunStatus.STARTING, environment_build=prepared.record)
         return execute(ws.url, experiment, run_id, target, prepared, secrets, watchdog), None
     except TerminationSignal as exc:  # a cancel from the UI/API, delivered by the worker
         return {"status": "Canceled", "error": "canceled from Prefect"}, exc
+    except RunCanceledError:  # the preparation stopped for a cancel: the script never ran
+        return {"status": "Canceled", "error": watchdog.cancel_reason}, None
     except Exception as exc:  # named by the phase the run was in
         now = store.read(experiment, run_id)
         phases = [change.status for change in now.status_history

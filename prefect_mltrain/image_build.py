@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .environment_build import BuildSpec, _pip_config, build_key, pip_options_args, resolve_lock
-from .errors import ComputeTargetUnavailableError, EnvironmentBuildError
+from .environment_build import (
+    BuildSpec,
+    Steps,
+    _pip_config,
+    build_key,
+    pip_options_args,
+    resolve_lock,
+)
+from .errors import ComputeTargetUnavailableError, EnvironmentBuildError, RunCanceledError
 
 IMAGE_REPOSITORY = "mltrain-env"
 VENV = "/opt/mltrain/venv"
@@ -82,9 +89,11 @@ def _image_index_args() -> list[str]:
     return args
 
 
-def build_image(spec: BuildSpec, client=None,
-                on_line: Callable[[str], None] | None = None) -> BuiltImage:
-    """Build ``spec`` into an image (or find it built); build output goes to ``on_line``."""
+def build_image(spec: BuildSpec, client=None, on_line: Callable[[str], None] | None = None,
+                stop: Callable[[], bool] | None = None) -> BuiltImage:
+    """Build ``spec`` into an image (or find it built); build output goes to ``on_line``.
+    Once ``stop()`` is true the build is abandoned (``RunCanceledError``): closing its
+    stream makes the engine stop it."""
     if not (spec.base_image or spec.base_dockerfile):
         raise EnvironmentBuildError(
             f"environment {spec.name!r} has no docker.base_image or docker.base_dockerfile: "
@@ -92,7 +101,7 @@ def build_image(spec: BuildSpec, client=None,
         )
     say = on_line or (lambda line: None)
     started = time.monotonic()
-    lock = resolve_lock(spec, say)
+    lock = resolve_lock(spec, Steps(on_line, stop))
     text = dockerfile(spec, _image_index_args())
     key = build_key(lock, f"image {text} {sorted(spec.build_args.items())}")
     tag = f"{IMAGE_REPOSITORY}:{key[:20]}"
@@ -121,6 +130,9 @@ def build_image(spec: BuildSpec, client=None,
                 if line.strip():
                     tail.append(line)
                     say(line)
+            if stop and stop():
+                raise RunCanceledError(f"image build of {spec.name!r}: stopped, the run was "
+                                       "canceled")
     except docker.errors.APIError as exc:
         raise EnvironmentBuildError(f"image build of {spec.name!r} failed: {exc}") from exc
     elapsed = time.monotonic() - started

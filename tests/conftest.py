@@ -101,3 +101,15 @@ def dask_cluster(tmp_path_factory):
 
     with loopback_cluster(tmp_path_factory.mktemp("dask")) as address:
         yield address
+
+
+@pytest.fixture
+def silent_address():
+    """``host:port`` of a server that accepts connections and never answers (the kernel
+    completes the handshake; nobody reads): a hung index, scheduler or engine."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 from conftest import write_script
@@ -220,3 +223,61 @@ def test_concurrent_runs_needing_one_new_environment_share_one_build(ws, tmp_pat
     builds = [r.wait_for_completion()["environment_build"] for r in runs]
     assert len({b["interpreter"] for b in builds}) == 1
     assert sorted(b["cached"] for b in builds) == [False, True, True]
+
+
+def _processes_waiting_on(address):
+    """Processes connected to ``address`` (host:port)."""
+    import psutil
+
+    port = int(address.rsplit(":", 1)[1])
+    return sorted({c.pid for c in psutil.net_connections("tcp")
+                   if c.raddr and c.raddr.port == port and c.pid})
+
+
+def _hung_build(address):
+    """An environment whose resolve waits on an index that never answers."""
+    env = Environment("hung")
+    env.python.conda_dependencies = CondaDependencies(
+        pip_packages=["mltrain-never-published"],
+        pip_options=[f"--index-url http://{address}/simple"])
+    return env
+
+
+@pytest.mark.timeout(180)
+def test_a_cancel_during_the_build_stops_it_and_the_script_never_runs(
+        ws, tmp_path, prefect_server, silent_address):
+    write_script(tmp_path / "p", "t.py", "open('outputs/ran', 'w').close()\n")
+    run = Experiment(ws, "hung").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="t.py", environment=_hung_build(silent_address)))
+    deadline = time.monotonic() + 60
+    while not _processes_waiting_on(silent_address):  # the resolver waits on the index
+        assert time.monotonic() < deadline and run.get_status() not in ("Failed", "Canceled")
+        time.sleep(0.2)
+
+    run.cancel()
+    details = run.wait_for_completion(raise_on_error=False, timeout=60)
+
+    assert details["status"] == "Canceled", details
+    assert "Running" not in [h["status"] for h in details["status_history"]]
+    assert "outputs/ran" not in run.get_file_names()
+    assert _processes_waiting_on(silent_address) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_runner_takes_its_build_down(ws, tmp_path, prefect_server, silent_address):
+    write_script(tmp_path / "p", "t.py", "print('never')\n")
+    run = Experiment(ws, "hung").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="t.py", environment=_hung_build(silent_address)))
+    deadline = time.monotonic() + 60
+    while not _processes_waiting_on(silent_address):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    os.kill(ws.read_json(f"{run._dir}/heartbeat.json")["pid"], signal.SIGKILL)
+    details = run.wait_for_completion(raise_on_error=False, timeout=60)
+
+    assert details["status"] == "Failed" and "runner" in details["error"]
+    deadline = time.monotonic() + 15  # the guard's grace
+    while _processes_waiting_on(silent_address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_waiting_on(silent_address) == []

@@ -21,6 +21,11 @@ from ..environment import Environment
 from .jobs import Job
 
 OnLine = Callable[[str], None]
+Stop = Callable[[], bool]  # true once the run was canceled: stop what you are doing
+
+
+def never() -> bool:
+    return False
 
 
 @dataclass
@@ -64,8 +69,10 @@ class ComputeTarget(Block):
     def check(self) -> None:
         """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now."""
 
-    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
-        """Make the run's environment ready for this target (build output to ``on_line``)."""
+    def prepare(self, environment: Environment | None, on_line: OnLine,
+                stop: Stop = never) -> Prepared:
+        """Make the run's environment ready for this target: build output to ``on_line``,
+        and ``RunCanceledError`` within a second once ``stop()`` is true."""
         raise NotImplementedError
 
     def launch(self, spec: LaunchSpec) -> Job:

@@ -24,9 +24,9 @@ from pydantic import Field
 
 from ..distributed import RankPlan, Slot, job_env, plan_ranks, rank_env
 from ..environment import Environment
-from ..environment_build import resolve_lock
+from ..environment_build import Steps, resolve_lock
 from ..errors import ComputeTargetUnavailableError
-from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .dask_worker import WORKER_PYTHON, RankTask, free_port_here, run_rank
 from .gang import GangJob, mpi_gang
 from .jobs import Job, unzip, zip_files
@@ -106,11 +106,12 @@ class DaskCompute(ComputeTarget):
         with contextlib.ExitStack() as resources:
             self.connect(resources)
 
-    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+    def prepare(self, environment: Environment | None, on_line: OnLine,
+                stop: Stop = never) -> Prepared:
         """Nothing is built here: the packages are pinned once, and each worker finds or
         builds that environment for itself."""
         spec = environment.build_spec() if environment and environment.needs_build else None
-        lock = resolve_lock(spec, on_line) if spec else None
+        lock = resolve_lock(spec, Steps(on_line, stop)) if spec else None
         return Prepared(WORKER_PYTHON, lock=lock, record={
             "name": environment.name if environment else "default", "where": "each worker",
             "spec_hash": spec.hash if spec else None, "lock": lock or ""})

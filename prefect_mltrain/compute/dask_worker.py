@@ -78,7 +78,8 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     unzip(snapshot, lambda name: src / name)
     for name in ("outputs", "logs"):
         (src / name).mkdir(exist_ok=True)
-    python = build_environment(task.spec, lock=task.lock).interpreter
+    stop, alive = Event(task.stop_event), Variable(task.alive_variable)
+    python = build_environment(task.spec, lock=task.lock, stop=stop.is_set).interpreter
     env = {**without_mpi_world(dict(os.environ)), **task.env,
            "MLTRAIN_CONTEXT_DIR": str(stage), "MLTRAIN_RANK_CWD": str(src)}
     env["PATH"] = os.pathsep.join([os.path.dirname(python), os.path.dirname(sys.executable),
@@ -108,7 +109,6 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
             worker.log_event(task.topic, message)
             published += len(lines)
 
-    stop, alive = Event(task.stop_event), Variable(task.alive_variable)
     stopped, checked, sent = None, 0.0, time.monotonic()
     while proc.poll() is None:
         publish(proc.read_lines(PUBLISH_INTERVAL))

@@ -16,7 +16,7 @@ from ..distributed import free_port, job_env, plan_ranks
 from ..environment import Environment
 from ..errors import ComputeTargetUnavailableError
 from ..image_build import build_image, docker_client
-from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .gang import GangJob, mpi_gang
 from .jobs import Job, Lifeline, LineQueue
 from .local import LOOPBACK
@@ -99,7 +99,8 @@ class DockerCompute(ComputeTarget):
                     f"image {image!r} is not on the engine and cannot be pulled ({exc}): "
                     "build or load it there, or name a reachable registry") from exc
 
-    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+    def prepare(self, environment: Environment | None, on_line: OnLine,
+                stop: Stop = never) -> Prepared:
         """The environment as an image on this engine: the environment's own
         ``docker.base_image`` (else this target's ``image``) plus its packages."""
         env = environment.model_copy(deep=True) if environment else Environment("default")
@@ -110,7 +111,7 @@ class DockerCompute(ComputeTarget):
             on_line(f"image {env.docker.base_image}: used as it is (user-managed environment)")
             return Prepared("python3", image=env.docker.base_image,
                             record={**record, "image": env.docker.base_image, "cached": True})
-        built = build_image(env.build_spec(), client=self.client(), on_line=on_line)
+        built = build_image(env.build_spec(), client=self.client(), on_line=on_line, stop=stop)
         return Prepared("python", image=built.tag,
                         record={**record, **built.record(), "interpreter": "python"})
 

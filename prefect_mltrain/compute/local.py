@@ -17,7 +17,7 @@ from ..distributed import (
 )
 from ..environment import Environment
 from ..environment_build import build_environment
-from .base import ComputeTarget, LaunchSpec, OnLine, Prepared
+from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .gang import GangJob
 from .jobs import Job, run_context_path
 from .process import GuardedProcess
@@ -41,9 +41,10 @@ class LocalCompute(ComputeTarget):
     _block_type_slug = "mltrain-local-compute"
     _description = "Runs prefect-mltrain training scripts as local processes."
 
-    def prepare(self, environment: Environment | None, on_line: OnLine) -> Prepared:
+    def prepare(self, environment: Environment | None, on_line: OnLine,
+                stop: Stop = never) -> Prepared:
         spec = environment.build_spec() if environment else None
-        built = build_environment(spec, on_line=on_line)
+        built = build_environment(spec, on_line=on_line, stop=stop)
         return Prepared(built.interpreter, record={
             "name": environment.name if environment else "default", **built.record()})
 
