@@ -103,10 +103,15 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     run_env = _run_env(record, secrets)
     spec = LaunchSpec(run_id=run_id, experiment=experiment, config=record.config,
                       prepared=prepared, cwd=str(cwd), stage_dir=str(stage),
-                      env=_local_env(ws, stage, run_env), run_env=run_env)
+                      env=_local_env(ws, stage, run_env), run_env=run_env,
+                      stop=lambda: bool(watchdog and watchdog.cancel_reason))
     own = stage / run_dir(experiment, run_id)
     progress = ProgressArtifact(own / EVENTS)
-    job = target.launch(spec)
+    try:
+        job = target.launch(spec)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         store.move(experiment, run_id, RunStatus.RUNNING)
         outcome = run_job(job, sync=sync, std_log=own / STD_LOG,
@@ -265,7 +270,7 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
             store.set(experiment, run_id,
                       snapshot_id=snapshot(ws.url, config.source_directory))
         target = resolve_compute_target(config.compute_target)
-        target.check()
+        target.check(stop=lambda: bool(watchdog.cancel_reason))
         prepared = build_environment(target, config.environment, ws.url,
                                      run_dir(experiment, run_id), watchdog)
         store.move(experiment, run_id, RunStatus.STARTING, environment_build=prepared.record)

@@ -184,3 +184,35 @@ def test_unreachable_scheduler_fails_in_preparing_naming_it(ws, tmp_path):
     assert details["error"].startswith("Preparing: cannot reach the Dask cluster "
                                        "tcp://127.0.0.1:9")
     assert "Start the scheduler" in details["error"]
+
+
+@pytest.mark.timeout(120)
+def test_a_scheduler_that_never_answers_fails_within_the_connect_timeout(ws, tmp_path,
+                                                                         silent_address):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=f"tcp://{silent_address}", connect_timeout_seconds=3)))
+    details = run.wait_for_completion(timeout=90, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"].startswith(f"Preparing: cannot reach the Dask cluster "
+                                       f"tcp://{silent_address}")
+    assert "no answer within 3" in details["error"]
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_while_waiting_for_a_silent_scheduler_cancels_the_run(ws, tmp_path,
+                                                                      silent_address):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=f"tcp://{silent_address}",
+                                   connect_timeout_seconds=600)))
+    deadline = time.monotonic() + 60
+    while run.get_status() != "Preparing":
+        assert time.monotonic() < deadline, run.get_details()
+        time.sleep(0.1)
+    time.sleep(1)  # waiting for the handshake now
+    run.cancel()
+    details = run.wait_for_completion(timeout=60, raise_on_error=False)
+    assert details["status"] == "Canceled", details

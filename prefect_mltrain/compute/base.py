@@ -51,6 +51,7 @@ class LaunchSpec:
     stage_dir: str  # where the run's context writes; mirrored into the workspace
     env: dict[str, str]  # for a process on this machine: its environment plus the run's
     run_env: dict[str, str]  # only the run's own variables, for containers and other hosts
+    stop: Stop = never  # true once the run was canceled: a launch that waits gives up
 
     @property
     def argv(self) -> list[str]:
@@ -66,8 +67,9 @@ class ComputeTarget(Block):
 
     _block_schema_capabilities = ["launch"]
 
-    def check(self) -> None:
-        """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now."""
+    def check(self, stop: Stop = never) -> None:
+        """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now (and
+        ``RunCanceledError`` when ``stop()`` turns true while it waits to find out)."""
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:

@@ -25,7 +25,7 @@ from pydantic import Field
 from ..distributed import RankPlan, Slot, job_env, plan_ranks, rank_env
 from ..environment import Environment
 from ..environment_build import Steps, resolve_lock
-from ..errors import ComputeTargetUnavailableError
+from ..errors import ComputeTargetUnavailableError, RunCanceledError
 from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .dask_worker import WORKER_PYTHON, RankTask, free_port_here, run_rank
 from .gang import GangJob, mpi_gang
@@ -70,7 +70,7 @@ class DaskCompute(ComputeTarget):
     def describe(self) -> str:
         return self.address or self.scheduler_file or self.cluster_class or "Dask"
 
-    def connect(self, resources: contextlib.ExitStack):
+    def connect(self, resources: contextlib.ExitStack, stop: Stop = never):
         """A client (and the cluster made for it, if any), closed with ``resources``."""
         from distributed import Client
 
@@ -78,6 +78,8 @@ class DaskCompute(ComputeTarget):
             raise ComputeTargetUnavailableError(
                 "DaskCompute needs address=, scheduler_file= or cluster_class=")
         timeout = self.connect_timeout_seconds
+        if not self.cluster_class:
+            self._answers(stop)
         try:
             if self.cluster_class:
                 module, _, name = self.cluster_class.rpartition(".")
@@ -93,7 +95,46 @@ class DaskCompute(ComputeTarget):
                 f"cannot reach the Dask cluster {self.describe()}: {exc}. Start the scheduler "
                 "or fix address/scheduler_file/cluster_class of this compute target") from exc
 
-    def check(self) -> None:
+    def _answers(self, stop: Stop) -> None:
+        """The scheduler completes Dask's handshake within ``connect_timeout_seconds``.
+        (A ``Client`` bounds the TCP connect by its timeout, not the handshake: an address
+        that accepts and never answers would hold it until the OS gives up, an hour.)"""
+        import asyncio
+
+        from distributed.comm import connect
+
+        if self.address:
+            address = self.address
+        elif Path(self.scheduler_file).exists():
+            address = json.loads(Path(self.scheduler_file).read_text())["address"]
+        else:
+            return  # no scheduler file yet: the client waits for it, within its timeout
+
+        async def handshake() -> None:
+            task = asyncio.ensure_future(connect(address, timeout=self.connect_timeout_seconds))
+            deadline = time.monotonic() + self.connect_timeout_seconds
+            try:
+                while not task.done():
+                    if stop():
+                        raise RunCanceledError(f"connecting to {self.describe()}: the run "
+                                               "was canceled")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no answer within {self.connect_timeout_seconds} s")
+                    await asyncio.wait({task}, timeout=0.25)
+                await task.result().close()
+            finally:
+                task.cancel()
+
+        try:
+            asyncio.run(handshake())
+        except RunCanceledError:
+            raise
+        except Exception as exc:
+            raise ComputeTargetUnavailableError(
+                f"cannot reach the Dask cluster {self.describe()}: {exc}. Start the scheduler "
+                "or fix address/scheduler_file/cluster_class of this compute target") from exc
+
+    def check(self, stop: Stop = never) -> None:
         if self.cluster_class:
             module = self.cluster_class.rpartition(".")[0]
             try:
@@ -104,7 +145,7 @@ class DaskCompute(ComputeTarget):
                     f"install {module.split('.')[0]} where runs start") from exc
             return
         with contextlib.ExitStack() as resources:
-            self.connect(resources)
+            self.connect(resources, stop)
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:
@@ -119,7 +160,7 @@ class DaskCompute(ComputeTarget):
     def launch(self, spec: LaunchSpec) -> Job:
         resources = contextlib.ExitStack()
         try:
-            client = self.connect(resources)
+            client = self.connect(resources, spec.stop)
             plan = plan_ranks(spec.distributed) or RankPlan("single", 1, 1, [Slot(0, 0, 0)])
             placement = place(client, plan, self.worker_wait_seconds, self.describe())
             return DaskJob(client, resources, plan, placement, spec, self)

@@ -82,7 +82,7 @@ class DockerCompute(ComputeTarget):
                          registry=self.registry_url)
         return client
 
-    def check(self) -> None:
+    def check(self, stop: Stop = never) -> None:
         self.client()
 
     def ensure_image(self, client, image: str) -> None:
