@@ -42,10 +42,12 @@ def runner_pid(run: Run) -> int:
 # -- the scripts ----------------------------------------------------------------------------
 
 # Every long script records its pid and its child's in outputs/pids.txt (atomically, so a
-# sync never sees half of it) before it sleeps.
+# sync never sees half of it) before it sleeps. The child leaves the run's process group
+# and session (as a daemon would): stopping the group alone would not stop it.
 RECORD_PIDS = """
     import os, subprocess, sys, time
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
     with open("pids.tmp", "w") as f:
         f.write(f"{os.getpid()} {child.pid}")
     os.replace("pids.tmp", "outputs/pids.txt")
@@ -75,6 +77,24 @@ SLEEPS = RECORD_PIDS + """
 
 LEAVES_A_CHILD = RECORD_PIDS + """
     print("leaving my child behind", flush=True)
+"""
+
+# A daemon the usual way: fork, setsid, fork again; the middle process exits at once, so
+# the daemon is in no process group or session of the run's.
+ESCAPES = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open("pids.tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace("pids.tmp", "outputs/pids.txt")
+            time.sleep(600)
+        os._exit(0)
+    os.wait()
+    while not os.path.exists("outputs/pids.txt"):  # the daemon has left, and said so
+        time.sleep(0.05)
+    print("a daemon left the group", flush=True)
 """
 
 
@@ -275,6 +295,7 @@ def test_a_timeout_cancels_the_run_and_leaves_nothing_running(target, ws, tmp_pa
 
     assert details["status"] == "Canceled", details
     assert "max_run_duration_seconds=10" in details["error"]
+    assert details["exit_code"] == 143  # SIGTERM: the same code for a stop on every target
     assert flow_run_state(details) == "CANCELLED"
     assert_nothing_left_running(target, run, tmp_path)
 
@@ -288,6 +309,7 @@ def test_a_cancel_from_another_process_keeps_outputs_and_leaves_nothing_running(
     details = run.wait_for_completion(raise_on_error=False, timeout=RUN_TIMEOUT)
 
     assert details["status"] == "Canceled", details
+    assert details["exit_code"] == 143
     assert flow_run_state(details) == "CANCELLED"
     assert "outputs/pids.txt" in run.get_file_names()
     assert_nothing_left_running(target, run, tmp_path)
@@ -302,6 +324,18 @@ def test_a_killed_runner_fails_the_run_and_leaves_nothing_running(target, ws, tm
 
     assert details["status"] == "Failed", details
     assert "runner" in details["error"] and "outputs synced so far are kept" in details["error"]
+    assert_nothing_left_running(target, run, tmp_path)
+
+
+def test_a_process_that_left_the_runs_group_is_stopped_when_the_run_ends(target, ws,
+                                                                        tmp_path):
+    run = target.submit(ws, tmp_path / "proj", ESCAPES)
+
+    details = run.wait_for_completion(timeout=RUN_TIMEOUT)
+
+    assert details["status"] == "Completed", details
+    if target.docker is None:
+        assert script_pids(run, tmp_path), "the daemon was not found: the case proves nothing"
     assert_nothing_left_running(target, run, tmp_path)
 
 
