@@ -100,6 +100,27 @@ def cancel_if_scheduled(flow_run_id: str) -> bool:
     return result.status.value == "ACCEPT"
 
 
+def end_flow_run(flow_run_id: str, canceled: bool, message: str) -> None:
+    """Make a flow run that is not final agree with its run's record: Cancelled, or Crashed
+    (its runner died without telling Prefect)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Crashed
+
+    with using_server(), get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        if state is None or not state.is_final():
+            client.set_flow_run_state(flow_run_id, (Cancelled if canceled else Crashed)(
+                message=message), force=True)
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI where it is now, if known."""
+    from .server import ui_url
+
+    base = ui_url()
+    return f"{base}/runs/flow-run/{flow_run_id}" if base else None
+
+
 def cancelling(flow_run_id: str) -> bool:
     """Whether someone asked Prefect to cancel the flow run (the UI's Cancel button).
     Uses the caller's Prefect settings as they are: the runner's own flow run's API."""

@@ -280,8 +280,13 @@ class Run:
 
     def get_details(self) -> dict[str, Any]:
         """The run record: status, timings, exit code, error, log tail, snapshot, flow run."""
+        from .prefect_api import flow_run_url
+
         details = self._record().model_dump(mode="json")
         details["tags"] = self._tags(details["tags"])
+        if details["flow_run_id"]:  # where the UI is now, if it moved since the run
+            details["flow_run_url"] = flow_run_url(details["flow_run_id"]) \
+                or details["flow_run_url"]
         if details.get("started_at") and details.get("ended_at"):
             details["duration_seconds"] = details["ended_at"] - details["started_at"]
         return details

@@ -59,6 +59,19 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def ui_url() -> str | None:
+    """Where the Prefect UI is now: ``PREFECT_UI_URL``, else the embedded server's last
+    address (it may have moved to another port since a run recorded its link)."""
+    if os.environ.get("PREFECT_UI_URL"):
+        return os.environ["PREFECT_UI_URL"].rstrip("/")
+    if configured_api_url():
+        return None
+    try:
+        return json.loads((_state_dir() / "server.json").read_text())["ui_url"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def running_server() -> dict | None:
     """The embedded server's ``{"api_url", "ui_url", "pid"}`` when it answers, else None."""
     try:

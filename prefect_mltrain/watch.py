@@ -9,6 +9,7 @@ other writer, so a runner that finishes at the same moment cannot be overwritten
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import time
@@ -39,7 +40,16 @@ class Watcher:
         status, reason, pgid = verdict
         if pgid:  # the script of a runner that died on this machine: stop it too
             kill_process_group(pgid, grace=0)
-        return self.store.move(record.experiment, record.run_id, status, error=reason)
+        ended = self.store.move(record.experiment, record.run_id, status, error=reason)
+        if ended.flow_run_id:  # nobody else will tell Prefect
+            try:
+                from .prefect_api import end_flow_run
+
+                end_flow_run(ended.flow_run_id, status == RunStatus.CANCELED, reason)
+            except Exception as exc:  # the record stands; Prefect's view may lag behind
+                logging.getLogger("prefect_mltrain").warning(
+                    "could not end flow run %s in Prefect: %s", ended.flow_run_id, exc)
+        return ended
 
     def _verdict(self, record: RunRecord) -> tuple[RunStatus, str, int | None] | None:
         exp, run_id = record.experiment, record.run_id

@@ -122,6 +122,18 @@ def test_submit_completes_with_metrics_outputs_and_details(ws, tmp_path, capsys)
     assert [r.id for r in Experiment(ws, "demo").get_runs()] == [run.id]
 
 
+def test_the_flow_run_link_follows_the_ui_where_it_is_now(ws, tmp_path, monkeypatch):
+    write_script(tmp_path / "p", "t.py", "print('hi')\n")
+    run = Experiment(ws, "link").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                        script="t.py"))
+    details = run.wait_for_completion()
+    assert details["flow_run_url"] == (f"{os.environ['PREFECT_UI_URL']}/runs/flow-run/"
+                                       f"{details['flow_run_id']}")
+    monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4299")  # the server moved
+    assert run.get_details()["flow_run_url"] == (
+        f"http://127.0.0.1:4299/runs/flow-run/{details['flow_run_id']}")
+
+
 def test_prefect_artifacts_describe_the_run(ws, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
