@@ -8,7 +8,9 @@ the screenshot with headless Debian Chromium.
 It photographs the V2 UI's flow run page on its Artifacts tab. The default (V1) UI cannot link
 to that tab: it hides the tab until the run has loaded and meanwhile resets `?tab=` to Logs.
 
-    python docs/ui_screenshot.py [--output PATH]      # needs: apt-get install -y chromium
+    python docs/ui_screenshot.py [--output PATH] [--dom PATH]   # needs: apt-get install -y chromium
+
+``--dom`` also writes the page as the browser rendered it (its DOM), for checks of its text.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ WIDTH, HEIGHT = 1400, 1000
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "prefect-ui-run.png"
 
 
-def run_demo(scratch: Path) -> str:
-    """Run the bundled demo to completion; return its Prefect flow run id."""
+def run_demo(scratch: Path) -> tuple[str, str]:
+    """Run the bundled demo to completion; return its run id and Prefect flow run id."""
     import prefect_mltrain
     from prefect_mltrain import Experiment, ScriptRunConfig, Workspace
 
@@ -38,7 +40,7 @@ def run_demo(scratch: Path) -> str:
     config = ScriptRunConfig(source_directory=str(project), script="train.py",
                              arguments=["--alpha", "0.1"])
     run = Experiment(Workspace(scratch / "ws"), "demo").submit(config, tags={"kind": "ridge"})
-    return run.wait_for_completion(timeout=300)["flow_run_id"]
+    return run.id, run.wait_for_completion(timeout=300)["flow_run_id"]
 
 
 def wait_for_flow_run(flow_run_id: str, timeout: float = 60) -> int:
@@ -60,18 +62,25 @@ def wait_for_flow_run(flow_run_id: str, timeout: float = 60) -> int:
             time.sleep(0.5)
 
 
-def screenshot(url: str, output: Path, scratch: Path) -> None:
+def chromium(url: str, scratch: Path, *action: str) -> subprocess.CompletedProcess:
     """Headless Chromium; the virtual time budget lets the single-page app fetch and render."""
-    shot = scratch / "shot.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={scratch / 'chromium-profile'}",
            "--hide-scrollbars", "--force-dark-mode",  # the run graph's labels are unreadable
            f"--window-size={WIDTH},{HEIGHT}",         # on the light theme
-           "--virtual-time-budget=15000", f"--screenshot={shot}", url]
+           "--virtual-time-budget=15000", *action, url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0 or not shot.exists():
+    if proc.returncode != 0:
         raise RuntimeError(f"chromium failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def screenshot(url: str, output: Path, scratch: Path) -> None:
+    shot = scratch / "shot.png"
+    chromium(url, scratch, f"--screenshot={shot}")
+    if not shot.exists():
+        raise RuntimeError("chromium wrote no screenshot")
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(shot, output)
 
@@ -79,6 +88,7 @@ def screenshot(url: str, output: Path, scratch: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--dom", type=Path, help="also write the rendered page's DOM here")
     args = parser.parse_args(argv)
     if not os.access(CHROMIUM, os.X_OK):
         sys.exit(f"{CHROMIUM} not found; install it with `apt-get install -y chromium` (Debian)")
@@ -87,21 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="mltrain-ui-shot-"))
     os.environ["MLTRAIN_HOME"] = str(scratch / "home")  # before prefect_mltrain is imported
     os.environ["PREFECT_HOME"] = str(scratch / "prefect-home")
-    from prefect_mltrain import server
+    from prefect_mltrain import runner, server
 
     try:
         info = server.ensure_server()
         os.environ["PREFECT_API_URL"] = info["api_url"]
         os.environ["PREFECT_UI_URL"] = info["ui_url"]
-        flow_run_id = run_demo(scratch)
+        run_id, flow_run_id = run_demo(scratch)
         count = wait_for_flow_run(flow_run_id)
         url = f"{info['ui_url']}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts"
         screenshot(url, args.output.resolve(), scratch)
+        if args.dom:
+            args.dom.write_text(chromium(url, scratch, "--dump-dom").stdout)
     finally:
+        runner.stop_all()
         server.stop_server()
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {args.output} ({count} artifacts, {time.monotonic() - started:.0f} s) "
-          f"from {url}")
+          f"of run {run_id} from {url}")
     return 0
 
 

@@ -245,12 +245,17 @@ def assert_nothing_left_running(target: Target, run: Run, tmp_path: Path) -> Non
                         f"{run.get_status()}: {left}")
 
 
-def flow_run_state(details: dict) -> str:
-    """The state of the run's Prefect flow run, which agrees with the run's status."""
+def flow_run_state(details: dict, timeout: float = 30) -> str:
+    """The final state of the run's Prefect flow run, which agrees with the run's status (it
+    may lag the record by a moment)."""
     from prefect.client.orchestration import get_client
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        return client.read_flow_run(details["flow_run_id"]).state.type.value
+        while not (state := client.read_flow_run(details["flow_run_id"]).state).is_final() \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return state.type.value
 
 
 def cancel_from_another_process(run: Run) -> None:

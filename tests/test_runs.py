@@ -61,11 +61,16 @@ def _pids_alive(pids):
     return alive
 
 
-def _flow_run_state(flow_run_id):
+def _flow_run_state(flow_run_id, timeout=30):
+    """The flow run's final state (it may lag the run's record by a moment)."""
     from prefect.client.orchestration import get_client
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        return client.read_flow_run(flow_run_id).state.type.value
+        while not (state := client.read_flow_run(flow_run_id).state).is_final() \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return state.type.value
 
 
 def _flow_run_logs(flow_run_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -17,11 +18,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "ui_screenshot.py"
 def test_ui_screenshot(tmp_path):
     if not os.access("/usr/bin/chromium", os.X_OK):
         pytest.skip("no /usr/bin/chromium; install it with `apt-get install -y chromium`")
-    output = tmp_path / "shot.png"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--output", str(output)],
-                          capture_output=True, text=True, timeout=600)
+    output, dom = tmp_path / "shot.png", tmp_path / "page.html"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output", str(output),
+                           "--dom", str(dom)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(3 artifacts," in proc.stdout  # run summary, metrics and outputs
+    run_id = re.search(r"of run (\S+) from", proc.stdout).group(1)
+    page = dom.read_text()
+    assert run_id in page  # the flow run's name is the run's id
+    assert "Completed" in page  # its state, as the UI shows it
 
     data = output.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
