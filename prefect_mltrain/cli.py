@@ -202,6 +202,21 @@ def runs_show(run_id: str, common: Common = _NO_COMMON) -> int:
     return 0
 
 
+@runs_app.command(name="sync")
+def runs_sync(run_id: str, common: Common = _NO_COMMON) -> int:
+    """Store the files an ended run left on this machine, because the workspace could not
+    take them or its runner died (its details name them: ``local_files``)."""
+    from .execution import store_local_files
+    from .store import RunStore
+
+    store = RunStore(_workspace(common))
+    uploaded = store_local_files(store, store.experiment_of(run_id), run_id)
+    _emit(common, {"run_id": run_id, "uploaded_files": uploaded},
+          f"stored {uploaded} file(s) of {run_id}" if uploaded else
+          f"run {run_id} has no files waiting to be stored")
+    return 0
+
+
 @app.command
 def logs(run_id: str, follow: Annotated[bool, Parameter(alias="-f")] = False,
          common: Common = _NO_COMMON) -> int:

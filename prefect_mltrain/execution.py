@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import logging
 import os
+import shutil
+import socket
 import threading
 import time
 from collections import deque
@@ -23,6 +25,7 @@ from typing import Any
 from . import events as event_lines
 from .compute.jobs import Job
 from .distributed import FAILURE_RE, PREFIX_RE
+from .errors import WorkspaceError
 from .files import is_partial
 from .layout import CANCEL, EVENTS, HEARTBEAT, LOGS, OUTPUTS, RECORD, run_dir, runs_dir
 from .records import RunStatus
@@ -230,6 +233,24 @@ class RunSync:
                 self.store.move(self.experiment, child.name, last["status"],
                                 error=last.get("error"))
             self._children[child.name] = seen
+
+
+def store_local_files(store: RunStore, experiment: str, run_id: str) -> int:
+    """Store the files an ended run left on this machine (the workspace could not take them,
+    or its runner died; see ``RunRecord.local_files``); returns how many were uploaded."""
+    record = store.read(experiment, run_id)
+    local = record.local_files
+    if local is None or not record.finished:
+        return 0  # nothing left behind, or the runner still has them
+    if local.host != socket.gethostname():
+        raise WorkspaceError(f"run {run_id}'s files are on {local.host}, in {local.path}: "
+                             "store them from there")
+    scratch = Path(local.path)
+    sync = RunSync(store, experiment, run_id, scratch / "src", scratch / "stage")
+    sync.sync()
+    store.set(experiment, run_id, local_files=None)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return sync.folders.uploaded_files
 
 
 def _owned_by_the_runner(rel: str) -> bool:

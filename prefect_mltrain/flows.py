@@ -8,9 +8,11 @@ through the store; its compute target prepares the environment and starts the sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,12 @@ from .config import ScriptRunConfig
 from .context import CONTEXT_DIR
 from .environment import Environment
 from .errors import RunCanceledError
-from .execution import RunSync, Watchdog, mask, run_job, sync_quietly
+from .execution import RunSync, Watchdog, mask, run_job
 from .git import git_provenance
 from .home import mltrain_home
 from .layout import EVENTS, LOGS, OUTPUTS, STD_LOG, run_dir
 from .prefect_api import take_secret
-from .records import RunRecord, RunStatus
+from .records import LocalFiles, RunRecord, RunStatus
 from .snapshot import restore_snapshot, take_snapshot
 from .store import RunStore
 from .workspace import Workspace, open_workspace
@@ -100,6 +102,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     (cwd / OUTPUTS).mkdir(exist_ok=True)
     (cwd / LOGS).mkdir(exist_ok=True)
     sync = RunSync(store, experiment, run_id, cwd, stage)
+    local = LocalFiles(host=socket.gethostname(), path=str(scratch))
     run_env = _run_env(record, secrets)
     spec = LaunchSpec(run_id=run_id, experiment=experiment, config=record.config,
                       prepared=prepared, cwd=str(cwd), stage_dir=str(stage),
@@ -113,19 +116,33 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     try:
-        store.move(experiment, run_id, RunStatus.RUNNING)
+        store.move(experiment, run_id, RunStatus.RUNNING, local_files=local)
         outcome = run_job(job, sync=sync, std_log=own / STD_LOG,
                           watchdog=watchdog or Watchdog(store, experiment, run_id, None),
                           max_seconds=record.config.max_run_duration_seconds, logger=logger,
                           secrets=_masked(ws, secrets), on_sync=progress)
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
-        store.move(experiment, run_id, RunStatus.FINALIZING)
-        sync_quietly(sync, logger)
+        with contextlib.suppress(Exception):  # a failing store is handled just below
+            store.move(experiment, run_id, RunStatus.FINALIZING)
+        try:
+            sync.sync()
+            stored = None
+            shutil.rmtree(scratch, ignore_errors=True)
+        except Exception as exc:  # the files stay here, and the run says where
+            stored = exc
+            logger.error("could not store the run's files: %s; kept in %s", exc, scratch)
         progress()
-        shutil.rmtree(scratch, ignore_errors=True)
-    return {"status": outcome.status.value, "exit_code": outcome.exit_code,
-            "error": outcome.error, "log_tail": "\n".join(outcome.log_tail)}
+    result = {"status": outcome.status.value, "exit_code": outcome.exit_code,
+              "error": outcome.error, "log_tail": "\n".join(outcome.log_tail),
+              "local_files": None}
+    if stored is not None:
+        result.update(status=RunStatus.FAILED.value, local_files=local, error=(
+            f"the run's files could not be stored in the workspace ({stored}); they are "
+            f"kept on {local.host} in {local.path}: `mltrain runs sync {run_id}` there "
+            f"stores them once the workspace takes them"
+            + (f" (the script's own ending: {outcome.error})" if outcome.error else "")))
+    return result
 
 
 class ProgressArtifact:
@@ -241,13 +258,21 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
         watchdog.stop()
     final = {"exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
              "log_tail": outcome.get("log_tail")}
+    if "local_files" in outcome:  # the script ran: its files were stored, or are kept
+        final["local_files"] = outcome["local_files"]
     try:
         collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]},
                           _masked(ws, secrets))
     except Exception as exc:  # artifacts are a view; the run's result stands without them
         get_run_logger().warning("could not publish artifacts: %s", exc)
     APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
-    record = store.move(experiment, run_id, RunStatus(outcome["status"]), **final)
+    try:
+        record = store.move(experiment, run_id, RunStatus(outcome["status"]), **final)
+    except Exception as exc:  # the store cannot take the record: Prefect has the ending
+        ending = f"{outcome['status']} ({final['error']})" if final["error"] \
+            else outcome["status"]
+        return Failed(message=f"the run ended {ending}, and its record could not be "
+                              f"written: {exc}")
     if termination:
         raise termination  # Prefect's engine finishes the cancel it started
     if record.status == RunStatus.CANCELED:

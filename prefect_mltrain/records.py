@@ -56,6 +56,15 @@ class Deployment(_Record):
     private_block: str | None = None  # the Secret block with the run's secrets, until taken
 
 
+class LocalFiles(_Record):
+    """Where a run's files are on the machine that runs it, until they are stored: they stay
+    there when the workspace could not take them, or the runner died (``mltrain runs sync
+    RUN_ID`` on that host stores them)."""
+
+    host: str
+    path: str
+
+
 class RunRecord(_Record):
     """Everything known about one run: what it is, where it stands, how it ended."""
 
@@ -83,6 +92,7 @@ class RunRecord(_Record):
     exit_code: int | None = None
     error: str | None = None
     log_tail: str | None = None
+    local_files: LocalFiles | None = None
 
     @computed_field
     @property

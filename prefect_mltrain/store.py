@@ -19,7 +19,7 @@ from typing import Any
 from . import events as event_lines
 from .compute.registry import target_name
 from .config import ScriptRunConfig
-from .errors import RunNotFoundError, UnsafePathError
+from .errors import RunNotFoundError, UnsafePathError, WorkspaceError
 from .files import is_partial
 from .layout import (
     CANCEL,
@@ -96,18 +96,25 @@ class RunStore:
             raise RunNotFoundError(
                 f"run {run_id!r} has no record in {self.ws}: list runs with `mltrain runs "
                 "list`") from None
+        except OSError as exc:
+            raise WorkspaceError(f"cannot read run {run_id!r} from {self.ws}: {exc}. Check "
+                                 "that the workspace is reachable and readable") from exc
 
     def update(self, experiment: str, run_id: str,
                change: Callable[[RunRecord], Any]) -> RunRecord:
         """Apply ``change`` to the current record and write it, under the record's lock.
         A ``change`` that returns False changes nothing (the record is not written)."""
         path = f"{run_dir(experiment, run_id)}/{RECORD}"
-        with self.ws.lock(path):
-            record = self.read(experiment, run_id)
-            if change(record) is False:
-                return record
-            record.revision += 1
-            self.ws.write_bytes(path, record.to_json())
+        try:
+            with self.ws.lock(path):
+                record = self.read(experiment, run_id)
+                if change(record) is False:
+                    return record
+                record.revision += 1
+                self.ws.write_bytes(path, record.to_json())
+        except OSError as exc:  # the record as it was stays: writes are atomic
+            raise WorkspaceError(f"cannot write run {run_id!r} to {self.ws}: {exc}. Check "
+                                 "that the workspace is reachable and writable") from exc
         return record
 
     def move(self, experiment: str, run_id: str, status: RunStatus | str,

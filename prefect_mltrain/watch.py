@@ -13,6 +13,7 @@ import logging
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from .compute.process import kill_process_group, process_alive
@@ -72,9 +73,12 @@ class Watcher:
             if silent <= self.store.ws.settings.heartbeat_timeout_seconds:
                 return None
             reason, pgid = f"no heartbeat from the runner on {runner['host']} for {int(silent)} s", None
-        return (RunStatus.FAILED,
-                f"{reason} without finishing the run (killed or crashed); outputs synced so "
-                "far are kept", pgid)
+        reason += " without finishing the run (killed or crashed); outputs synced so far are kept"
+        local = record.local_files
+        if local and local.host == socket.gethostname() and Path(local.path).exists():
+            reason += (f"; its files not stored yet are in {local.path}: `mltrain runs sync "
+                       f"{record.run_id}` stores them")
+        return RunStatus.FAILED, reason, pgid
 
     def _pool_verdict(self, record: RunRecord, canceled: bool
                       ) -> tuple[RunStatus, str, None] | None:

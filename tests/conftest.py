@@ -113,3 +113,32 @@ def silent_address():
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
         yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB tmpfs mounted for the test, to fill up (root only: skips elsewhere).
+    ``small_disk.grow()`` makes it 64 MB, as freeing space on a full disk would;
+    ``small_disk.read_only()`` remounts it read-only (``read_only(False)``: writable)."""
+    import subprocess
+
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): a full disk is "
+                    "tested as root on a machine or in a privileged container")
+
+    class Disk(type(path)):
+        def grow(self):
+            subprocess.run(["mount", "-o", "remount,size=64m", str(self)], check=True)
+
+        def read_only(self, yes: bool = True):
+            subprocess.run(["mount", "-o", f"remount,{'ro' if yes else 'rw'}", str(self)],
+                           check=True)
+
+    try:
+        yield Disk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -330,6 +330,7 @@ def test_a_killed_runner_fails_the_run_and_leaves_nothing_running(target, ws, tm
     assert details["status"] == "Failed", details
     assert "runner" in details["error"] and "outputs synced so far are kept" in details["error"]
     assert flow_run_state(details) == "CRASHED"  # Prefect agrees with the record
+    assert f"`mltrain runs sync {run.id}` stores them" in details["error"]
     assert_nothing_left_running(target, run, tmp_path)
 
 

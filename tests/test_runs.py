@@ -494,6 +494,69 @@ def test_a_memory_workspace_is_refused_at_submit_and_runs_in_this_process(tmp_pa
     assert Run.get(ws, details["run_id"]).get_metrics() == {"acc": 0.5}
 
 
+def test_a_full_disk_fails_the_run_and_keeps_its_files_until_they_can_be_stored(
+        small_disk, tmp_path):
+    ws = Workspace(small_disk / "ws")
+    write_script(tmp_path / "p", "big.py", """
+        open("outputs/small.txt", "w").write("fits")
+        open("outputs/big.bin", "wb").write(b"x" * 8_000_000)  # twice the disk
+        print("wrote my outputs", flush=True)
+    """)
+    run = Experiment(ws, "full").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                        script="big.py"))
+    details = run.wait_for_completion(raise_on_error=False, timeout=120)
+
+    assert details["status"] == "Failed" and details["exit_code"] == 0
+    assert "No space left on device" in details["error"]
+    kept = Path(details["local_files"]["path"])
+    assert f"mltrain runs sync {run.id}" in details["error"] and str(kept) in details["error"]
+    assert (kept / "src" / "outputs" / "big.bin").stat().st_size == 8_000_000
+    assert "outputs/big.bin" not in run.get_file_names()
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp")]  # no partial file
+
+    small_disk.grow()  # space again: the kept files go where they belong
+    stored = subprocess.run([str(Path(sys.executable).parent / "mltrain"), "runs", "sync",
+                             run.id, "--workspace", str(ws.url)], capture_output=True,
+                            text=True, timeout=120)
+    assert stored.returncode == 0, stored.stderr
+    assert run.download_file("outputs/big.bin", tmp_path / "b").stat().st_size == 8_000_000
+    assert run.get_details()["local_files"] is None and not kept.exists()
+
+
+def test_a_workspace_that_turns_read_only_mid_run_loses_nothing_and_says_why(
+        small_disk, tmp_path):
+    from prefect_mltrain import WorkspaceError
+
+    ws = Workspace(small_disk / "ws")
+    write_script(tmp_path / "p", "ro.py", """
+        import os, time
+        open("outputs/early.txt", "w").write("stored while the store took it")
+        while not os.path.exists("go"):
+            time.sleep(0.1)
+        open("outputs/late.txt", "w").write("written after")
+    """)
+    run = Experiment(ws, "ro").submit(ScriptRunConfig(source_directory=tmp_path / "p",
+                                                      script="ro.py"))
+    _wait_for_file(run, "outputs/early.txt")
+    record_before = ws.read_bytes(f"{run._dir}/run.json")
+    small_disk.read_only()
+    try:
+        (Path(os.environ["MLTRAIN_HOME"]) / "runs" / run.id / "src" / "go").write_text("")
+        with pytest.raises(WorkspaceError, match="Read-only file system"):
+            run.wait_for_completion(raise_on_error=False, timeout=60)
+        assert ws.read_bytes(f"{run._dir}/run.json") == record_before  # untouched, whole
+        assert "outputs/early.txt" in run.get_file_names()
+    finally:
+        small_disk.read_only(False)
+    details = run.wait_for_completion(raise_on_error=False, timeout=60)
+    assert details["status"] == "Failed" and f"mltrain runs sync {run.id}" in details["error"]
+    stored = subprocess.run([str(Path(sys.executable).parent / "mltrain"), "runs", "sync",
+                             run.id, "--workspace", str(ws.url)], capture_output=True,
+                            text=True, timeout=120)
+    assert stored.returncode == 0, stored.stderr
+    assert {"outputs/early.txt", "outputs/late.txt"} <= set(run.get_file_names())
+
+
 def test_a_script_cannot_forge_its_record_through_its_stage(ws, tmp_path):
     write_script(tmp_path / "p", "forge.py", """
         import json, os, pathlib
