@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
+
+from pydantic import ValidationError
 
 from . import events as event_lines
 from .compute.registry import target_name
@@ -99,6 +102,14 @@ class RunStore:
         except OSError as exc:
             raise WorkspaceError(f"cannot read run {run_id!r} from {self.ws}: {exc}. Check "
                                  "that the workspace is reachable and readable") from exc
+        except ValueError as exc:  # not JSON, or not a run record
+            problem = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc)}
+            where = ".".join(str(p) for p in problem.get("loc", ()))
+            what = f"{where}: {problem['msg']}" if where else problem["msg"]
+            raise WorkspaceError(
+                f"the record of run {run_id!r} in {self.ws} is damaged ({what}): restore "
+                f"{run_dir(experiment, run_id)}/{RECORD} from a backup, or delete that run's "
+                "folder") from None
 
     def update(self, experiment: str, run_id: str,
                change: Callable[[RunRecord], Any]) -> RunRecord:
@@ -136,13 +147,16 @@ class RunStore:
         return self.ws.list_dir(runs_dir(experiment))
 
     def records(self, experiment: str) -> list[RunRecord]:
-        """Every readable record of ``experiment``, newest first."""
+        """Every readable record of ``experiment``, newest first; a damaged one is left out
+        with a warning that names it."""
         found = []
         for run_id in self.run_ids(experiment):
             try:
                 found.append(self.read(experiment, run_id))
-            except (RunNotFoundError, ValueError):
+            except RunNotFoundError:
                 continue  # a folder without a record yet (a run being created)
+            except WorkspaceError as exc:
+                warnings.warn(str(exc), stacklevel=2)
         return sorted(found, key=lambda r: r.created_at, reverse=True)
 
     def experiment_of(self, run_id: str) -> str:

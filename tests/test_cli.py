@@ -165,3 +165,30 @@ def test_the_first_start_of_the_local_server_says_what_it_waits_for(tmp_path):
         assert "starting" not in again.stderr  # found running: nothing to wait for
     finally:
         subprocess.run([str(BIN / "mltrain"), "server", "stop"], env=env, timeout=60)
+
+
+def test_a_damaged_record_is_named_and_the_others_still_listed(cli, tmp_path):
+    from prefect_mltrain import Experiment, Workspace
+    from prefect_mltrain.store import RunStore
+
+    ws = Workspace(tmp_path / "ws")
+    store = RunStore(ws)
+    good = [store.create("many").run_id for _ in range(2)]
+    bad = {}
+    for damage in (b'{"run_id": "x", "exper', b"[]", None):
+        record = store.create("many")
+        path = f"experiments/many/runs/{record.run_id}/run.json"
+        if damage is None:  # a field of the wrong type
+            damage = ws.read_bytes(path).replace(b'"created_at": ', b'"created_at": "soon", "x": ')
+        ws.write_bytes(path, damage)
+        bad[record.run_id] = damage
+
+    code, out, err = cli("runs", "list", "--json")
+    assert code == 0, err
+    assert sorted(r["run_id"] for r in json.loads(out)) == sorted(good)
+    for run_id in bad:
+        assert f"the record of run '{run_id}'" in err and "is damaged" in err
+    code, out, err = cli("runs", "show", next(iter(bad)))
+    assert code == 2 and "is damaged" in err and "Traceback" not in err
+    with pytest.warns(UserWarning, match="is damaged"):
+        assert sorted(r.id for r in Experiment(ws, "many").get_runs()) == sorted(good)
