@@ -27,6 +27,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Failed
 
 from . import events as event_lines
@@ -42,6 +43,7 @@ from .home import mltrain_home
 from .layout import EVENTS, LOGS, OUTPUTS, STD_LOG, run_dir
 from .prefect_api import take_secret
 from .records import LocalFiles, RunRecord, RunStatus
+from .server import healthy
 from .snapshot import restore_snapshot, take_snapshot
 from .store import RunStore
 from .workspace import Workspace, open_workspace
@@ -125,6 +127,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         job.terminate(grace=0) if job.poll() is None else job.close()
         with contextlib.suppress(Exception):  # a failing store is handled just below
             store.move(experiment, run_id, RunStatus.FINALIZING)
+        progress()  # the script's last value, read before the stage is removed
         try:
             sync.sync()
             stored = None
@@ -132,7 +135,6 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         except Exception as exc:  # the files stay here, and the run says where
             stored = exc
             logger.error("could not store the run's files: %s; kept in %s", exc, scratch)
-        progress()
     result = {"status": outcome.status.value, "exit_code": outcome.exit_code,
               "error": outcome.error, "log_tail": "\n".join(outcome.log_tail),
               "local_files": None}
@@ -260,12 +262,16 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
              "log_tail": outcome.get("log_tail")}
     if "local_files" in outcome:  # the script ran: its files were stored, or are kept
         final["local_files"] = outcome["local_files"]
-    try:
-        collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]},
-                          _masked(ws, secrets))
-    except Exception as exc:  # artifacts are a view; the run's result stands without them
-        get_run_logger().warning("could not publish artifacts: %s", exc)
-    APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
+    if healthy(PREFECT_API_URL.value() or "", timeout=5):
+        try:
+            collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]},
+                              _masked(ws, secrets))
+        except Exception as exc:  # artifacts are a view; the run's result stands without them
+            get_run_logger().warning("could not publish artifacts: %s", exc)
+        APILogHandler().flush()  # the run's log is complete in Prefect once the run has ended
+    else:  # each call would wait out the client's retries: the record must not wait for them
+        get_run_logger().warning("Prefect's server does not answer: the run's artifacts are "
+                                 "not published; its record and files are complete")
     try:
         record = store.move(experiment, run_id, RunStatus(outcome["status"]), **final)
     except Exception as exc:  # the store cannot take the record: Prefect has the ending

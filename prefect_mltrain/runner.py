@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ from .server import healthy
 IDLE_SECONDS = 1800
 SERVER_CHECK_SECONDS = 30.0  # how often an idle warm runner checks that its server answers
 CONNECT_TIMEOUT_SECONDS = 10
+START_PATIENCE_SECONDS = 300.0  # how long a run stays Queued for a busy Prefect server
 _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 
 
@@ -91,12 +93,45 @@ def start(experiment: str, run_id: str, env: dict[str, str]) -> int:
 
 
 def run(experiment: str, run_id: str) -> None:
-    """Run the flow of a prepared run in this process."""
+    """Run the flow of a prepared run in this process.
+
+    A busy server (the embedded SQLite one under many runs at once answers 503 for a while)
+    may refuse to start the flow run even after the client's retries: the run stays Queued
+    and its start is tried again, for up to ``START_PATIENCE_SECONDS``. When Prefect cannot
+    start it at all, the run ends Failed saying so.
+    """
     from .flows import submit_run
+    from .records import TERMINAL, RunStatus
+    from .store import RunStore
     from .workspace import open_workspace
 
-    submit_run(experiment=experiment, run_id=run_id, workspace=open_workspace(None).url,
-               return_state=True)
+    ws = open_workspace(None)
+    store = RunStore(ws)
+    deadline = time.monotonic() + START_PATIENCE_SECONDS
+    while True:
+        try:
+            submit_run(experiment=experiment, run_id=run_id, workspace=ws.url,
+                       return_state=True)
+            return
+        except Exception as exc:
+            record = store.read(experiment, run_id)
+            if record.flow_run_id is not None or record.status in TERMINAL:
+                raise  # the flow ran (its record says how it ended), or the run was canceled
+            if _server_busy(exc) and time.monotonic() < deadline:
+                time.sleep(random.uniform(1.0, 5.0))  # spread out the runners that wait
+                continue
+            store.move(experiment, run_id, RunStatus.FAILED, error=(
+                f"Queued: Prefect could not start the run's flow: {exc}"))
+            raise
+
+
+def _server_busy(exc: BaseException) -> bool:
+    """A refusal that passes: the server is overloaded or restarting, not the request wrong."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (429, 502, 503, 504)
+    return isinstance(exc, httpx.TransportError)
 
 
 def ensure_running(env: dict[str, str]) -> None:

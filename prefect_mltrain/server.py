@@ -110,7 +110,10 @@ def ensure_server() -> dict:
         print(f"prefect-mltrain: starting the local Prefect server at {ui_url} (once; it "
               "takes ~20 s, later commands reuse it)", file=sys.stderr, flush=True)
         env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_API_URL": "",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url,
+               # SQLite takes one writer at a time: under many runs at once a statement waits
+               # for the lock longer than Prefect's 10 s default, and the client gets a 503
+               "PREFECT_API_DATABASE_TIMEOUT": "60", "PREFECT_API_DATABASE_CONNECTION_TIMEOUT": "30"}
         with open(state / "server.log", "ab") as log:
             proc = subprocess.Popen(
                 [_prefect_executable(), "server", "start", "--host", "127.0.0.1",
