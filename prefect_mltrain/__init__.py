@@ -36,7 +36,8 @@ _EXPORTS = {
 _EXPORTS.update({name: "errors" for name in (
     "MLTrainError", "WorkspaceError", "ConfigurationError", "SnapshotError",
     "SnapshotTooLargeError", "EnvironmentBuildError", "ComputeTargetUnavailableError",
-    "RunNotFoundError", "UnsafePathError", "RunFailedError",
+    "RunNotFoundError", "UnsafePathError", "RunFailedError", "RunContextError",
+    "ImmutablePropertyError",
 )})
 
 __all__ = sorted(_EXPORTS)

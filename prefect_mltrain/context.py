@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import events as event_lines
 from .events import EventLog
-from .layout import EVENTS, run_dir
+from .layout import EVENTS, file_safe, run_dir
 
 CONTEXT_DIR = "MLTRAIN_CONTEXT_DIR"  # the stage root, given to the script's processes
 
@@ -75,16 +76,26 @@ class RunWriter:
         self._log.write(event)
         self._published(self._events_name)
 
-    def copy(self, rel: str, source: str | os.PathLike) -> None:
+    def copy(self, rel: str, source: str | os.PathLike | Any) -> None:
+        """Copy a file, or the rest of a binary stream (``open(..., "rb")``, ``BytesIO``)."""
         target = self.folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if hasattr(source, "read"):
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+        else:
+            shutil.copyfile(source, target)
         self._published(rel)
+
+    def events(self) -> list[dict[str, Any]]:
+        """What was logged to this folder so far, by every writer of it on this machine."""
+        return event_lines.parse(p.read_bytes() for p in sorted((self.folder / EVENTS)
+                                                                .glob("*.jsonl")))
 
     def image(self, name: str, path: str | os.PathLike | None, plot: Any) -> str:
         """An image file (or a matplotlib figure as PNG) under ``images/``; its name."""
-        suffix = Path(path).suffix if path is not None else ".png"
-        rel = f"images/{name}_{time.time_ns()}{suffix}"
+        ext = file_safe(Path(path).suffix[1:], 16) if path is not None else "png"
+        rel = f"images/{file_safe(name)}_{time.time_ns()}{'.' + ext if ext else ''}"
         target = self.folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if plot is not None:

@@ -46,3 +46,11 @@ class UnsafePathError(MLTrainError, ValueError):
 
 class RunFailedError(MLTrainError):
     """Raised by ``wait_for_completion(raise_on_error=True)`` when the run did not complete."""
+
+
+class RunContextError(MLTrainError):
+    """``Run.get_context(allow_offline=False)`` outside a submitted run."""
+
+
+class ImmutablePropertyError(MLTrainError, ValueError):
+    """A run property was given a different value; properties never change once set."""

@@ -52,8 +52,15 @@ def parse(texts: Iterable[bytes]) -> list[dict[str, Any]]:
     return events
 
 
+# Metrics logged as one JSON document with a ``schema_type`` (Azure ML's artifact-backed
+# metrics): the last one logged under a name is its value.
+SCHEMA_KINDS = ("confusion_matrix", "accuracy_table", "residuals", "predictions")
+
+
 def metrics(events: list[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
-    """Logged metrics: a single value, a list for a series, a dict of columns for rows."""
+    """Logged metrics: a single value, a list for a series, a dict of columns for rows and
+    tables, the document itself for a confusion matrix, accuracy table, residuals or
+    predictions."""
     series: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         if event.get("type") == "metric" and (name is None or event["name"] == name):
@@ -61,12 +68,19 @@ def metrics(events: list[dict[str, Any]], name: str | None = None) -> dict[str, 
     out: dict[str, Any] = {}
     for key, logged in series.items():
         logged.sort(key=lambda e: (e.get("time", 0), e.get("rank", 0)))
-        if logged[0].get("kind") == "row":
+        kind = logged[-1].get("kind")
+        if kind in ("row", "table"):
             columns: dict[str, list[Any]] = {}
             for e in logged:
-                for col, val in e["value"].items():
-                    columns.setdefault(col, []).append(val)
+                if e.get("kind") == "table":
+                    for col, vals in e["value"].items():
+                        columns.setdefault(col, []).extend(vals)
+                elif e.get("kind") == "row":
+                    for col, val in e["value"].items():
+                        columns.setdefault(col, []).append(val)
             out[key] = columns
+        elif kind in SCHEMA_KINDS:
+            out[key] = logged[-1]["value"]
         elif len(logged) == 1:
             out[key] = logged[0]["value"]
         else:
@@ -74,9 +88,29 @@ def metrics(events: list[dict[str, Any]], name: str | None = None) -> dict[str, 
     return out
 
 
-def tags(events: list[dict[str, Any]]) -> dict[str, str]:
-    return {e["key"]: e["value"] for e in events if e.get("type") == "tag"}
+def tags(events: list[dict[str, Any]], submitted: dict[str, str] | None = None
+         ) -> dict[str, str]:
+    """Tags given at submit, then every tag set or removed since, in the order it was."""
+    out = dict(submitted or {})
+    for e in sorted((e for e in events if e.get("type") == "tag"),
+                    key=lambda e: e.get("time", 0)):
+        if e.get("removed"):
+            out.pop(e["key"], None)
+        else:
+            out[e["key"]] = e["value"]
+    return out
 
 
 def properties(events: list[dict[str, Any]]) -> dict[str, str]:
-    return {e["key"]: e["value"] for e in events if e.get("type") == "property"}
+    """Properties never change once set: the first value of a key is its value."""
+    out: dict[str, str] = {}
+    for e in sorted((e for e in events if e.get("type") == "property"),
+                    key=lambda e: e.get("time", 0)):
+        out.setdefault(e["key"], e["value"])
+    return out
+
+
+def latest(events: list[dict[str, Any]], kind: str) -> Any:
+    """The value of the last event of type ``kind`` (e.g. a new display name), or None."""
+    found = [e for e in events if e.get("type") == kind]
+    return max(found, key=lambda e: e.get("time", 0))["value"] if found else None

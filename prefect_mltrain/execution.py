@@ -203,36 +203,46 @@ class RunSync:
             (self.stage_runs, runs_dir(experiment), _owned_by_the_runner),
         ])
         self._children: dict[str, tuple[str, ...]] = {}  # child -> its last recorded life
+        self._names: dict[str, str] = {}  # run -> the display name it last gave itself
 
     def sync(self) -> None:
         self.folders.sync()
         self._record_children()
 
     def _record_children(self) -> None:
-        """Create or move the record of each child run from its ``run`` events."""
+        """Create or move the record of each child run from its ``run`` events, and take
+        a new display name any run of the stage gave itself."""
         if not self.stage_runs.is_dir():
             return
-        for child in sorted(p for p in self.stage_runs.iterdir() if p.name != self.run_id):
-            files = [f for f in (child / EVENTS).glob("*.jsonl") if not is_partial(f.name)]
-            life = [e for e in event_lines.parse(f.read_bytes() for f in files)
-                    if e.get("type") == "run"]
-            if not life:
-                continue
-            life.sort(key=lambda e: e.get("time", 0))
-            seen = tuple(e["status"] for e in life)
-            if self._children.get(child.name) == seen:
-                continue
-            if child.name not in self._children:
-                with contextlib.suppress(FileExistsError):  # recorded by an earlier attempt
-                    self.store.create(self.experiment, run_id=child.name,
-                                      status=RunStatus.RUNNING,
-                                      parent_run_id=life[0].get("parent_run_id"),
-                                      display_name=life[0].get("display_name"))
-            last = life[-1]
-            if last["status"] != RunStatus.RUNNING:
-                self.store.move(self.experiment, child.name, last["status"],
-                                error=last.get("error"))
-            self._children[child.name] = seen
+        for folder in sorted(self.stage_runs.iterdir()):
+            files = [f for f in (folder / EVENTS).glob("*.jsonl") if not is_partial(f.name)]
+            events = event_lines.parse(f.read_bytes() for f in files)
+            if folder.name != self.run_id:
+                self._record_child(folder.name, [e for e in events if e.get("type") == "run"])
+            name = event_lines.latest(events, "display_name")
+            if name is not None and self._names.get(folder.name) != name and (
+                    folder.name == self.run_id or folder.name in self._children):
+                self.store.set(self.experiment, folder.name, display_name=name)
+                self._names[folder.name] = name
+
+    def _record_child(self, child: str, life: list[dict[str, Any]]) -> None:
+        if not life:
+            return
+        life.sort(key=lambda e: e.get("time", 0))
+        seen = tuple(e["status"] for e in life)
+        if self._children.get(child) == seen:
+            return
+        if child not in self._children:
+            with contextlib.suppress(FileExistsError):  # recorded by an earlier attempt
+                self.store.create(self.experiment, run_id=child,
+                                  status=RunStatus.RUNNING,
+                                  parent_run_id=life[0].get("parent_run_id"),
+                                  display_name=life[0].get("display_name"))
+        last = life[-1]
+        if last["status"] != RunStatus.RUNNING:
+            self.store.move(self.experiment, child, last["status"],
+                            error=last.get("error"))
+        self._children[child] = seen
 
 
 def store_local_files(store: RunStore, experiment: str, run_id: str) -> int:

@@ -9,6 +9,7 @@ through the store; its compute target prepares the environment and starts the sc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -197,19 +198,52 @@ def collect_artifacts(workspace: str, experiment: str, run_id: str,
     logged = store.events(experiment, run_id)
     metrics, files = event_lines.metrics(logged), store.file_names(experiment, run_id)
     details = {**record.model_dump(mode="json"), **(outcome or {}),
-               "tags": {**record.tags, **event_lines.tags(logged)}}
+               "tags": event_lines.tags(logged, record.tags)}
     key = run_id.lower().replace("_", "-")[-60:].strip("-")
     create_markdown_artifact(key=f"run-{key}", markdown=mask(_summary_markdown(details, files),
                                                              secrets or []),
                              description=f"Run {run_id}")
-    rows = [{"metric": name, "value": mask(json.dumps(value)[:200], secrets or [])}
-            for name, value in metrics.items()]
+    rows = []
+    for name, value in metrics.items():
+        table = _as_table(value)
+        if table is None:
+            rows.append({"metric": name, "value": mask(json.dumps(value)[:200], secrets or [])})
+            continue
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        create_table_artifact(key=f"table-{digest}-{key}", description=f"{name} ({run_id})",
+                              table=[{c: _cell(v, secrets or []) for c, v in row.items()}
+                                     for row in table])
+        rows.append({"metric": name, "value": f"table of {len(table)} rows: "
+                                              f"artifact table-{digest}-{key}"})
     if rows:
         create_table_artifact(key=f"metrics-{key}", table=rows, description=f"Metrics of {run_id}")
     if files:
         create_table_artifact(key=f"outputs-{key}", description=f"Files of {run_id}",
                               table=[{"file": name} for name in files])
     return {"metrics": metrics, "files": files}
+
+
+def _as_table(value: Any) -> list[dict[str, Any]] | None:
+    """A metric as rows to show as a table in Prefect: a table (``log_table``,
+    ``log_row``) one row per entry, a confusion matrix one row per actual class; None for
+    anything else."""
+    if not isinstance(value, dict):
+        return None
+    if value.get("schema_type") == "confusion_matrix":
+        data = value.get("data") or {}
+        labels, matrix = data.get("class_labels") or [], data.get("matrix") or []
+        return [{"actual": str(labels[i]) if i < len(labels) else str(i),
+                 **{str(labels[j]) if j < len(labels) else str(j): count
+                    for j, count in enumerate(row)}} for i, row in enumerate(matrix)]
+    if value and all(isinstance(col, list) for col in value.values()):
+        length = max(len(col) for col in value.values())
+        return [{name: col[i] if i < len(col) else None for name, col in value.items()}
+                for i in range(length)]
+    return None
+
+
+def _cell(value: Any, secrets: list[str]) -> Any:
+    return value if isinstance(value, int | float | None) else mask(str(value), secrets)
 
 
 def _flow_run_name() -> str:
@@ -279,6 +313,10 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
             else outcome["status"]
         return Failed(message=f"the run ended {ending}, and its record could not be "
                               f"written: {exc}")
+    try:  # a child the script left running ends with it
+        store.end_children(experiment, run_id, canceled=record.status == RunStatus.CANCELED)
+    except Exception as exc:
+        get_run_logger().warning("could not end the run's child runs: %s", exc)
     if termination:
         raise termination  # Prefect's engine finishes the cancel it started
     if record.status == RunStatus.CANCELED:

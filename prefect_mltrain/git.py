@@ -73,6 +73,22 @@ def git_provenance(directory: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def git_properties(info: dict[str, Any] | None) -> dict[str, str]:
+    """The provenance as the run properties Azure ML v1 wrote (``azureml.git.*``, and
+    MLflow's ``mlflow.source.git.*`` beside them), so ``run.properties["azureml.git.commit"]``
+    works unchanged; a value git did not know is left out."""
+    if not info:
+        return {}
+    out = {}
+    for azure, mlflow, key in (("repository_uri", "repoURL", "repository"),
+                               ("branch", "branch", "branch"), ("commit", "commit", "commit")):
+        if info.get(key):
+            out[f"azureml.git.{azure}"] = out[f"mlflow.source.git.{mlflow}"] = str(info[key])
+    if info.get("dirty") is not None:
+        out["azureml.git.dirty"] = str(bool(info["dirty"]))
+    return out
+
+
 def strip_url_credentials(url: str) -> str:
     """Remove user names, passwords, tokens and query strings from a remote URL.
 

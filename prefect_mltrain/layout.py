@@ -18,6 +18,7 @@ mirrors it into the workspace.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -47,6 +48,26 @@ def check_name(value: str, what: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def check_metric_name(value: str, what: str = "metric name") -> str:
+    """Metric names and property keys: any non-empty string, as Azure ML takes them
+    (``'Kernel type'``, ``'Hello from child run '``, ``'loss/val'``, unicode)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"invalid {what} {value!r}: use a non-empty string, like 'accuracy' "
+                         "or 'Kernel type'")
+    return value
+
+
+def file_safe(name: str, limit: int = 100) -> str:
+    """``name`` as one file name: letters, digits, ``_`` and ``-`` kept, every other byte
+    ``%XX`` (so no ``/``, no ``..``, no hidden file); a long name is cut and keeps a hash
+    of the whole, so two names never share a file."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else
+                  "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+    if len(out) > limit:
+        out = f"{out[:limit - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return out
 
 
 def experiment_dir(experiment: str) -> str:

@@ -76,8 +76,10 @@ class RunRecord(_Record):
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
+    number: int | None = Field(None, description="The run's sequence number in its experiment.")
     parent_run_id: str | None = None
     display_name: str | None = None
+    submitted_by: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     properties: dict[str, str] = Field(default_factory=dict)
     config: ScriptRunConfig | None = None  # None: an interactive run or a child run

@@ -12,18 +12,29 @@ its own packages. Everything else is imported where a method needs it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import tempfile
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import events as event_lines
 from .context import RunWriter, current, rank
-from .errors import RunFailedError, UnsafePathError
-from .layout import RESERVED_NAMES, check_name, new_run_id, run_dir, safe_relpath
+from .errors import ImmutablePropertyError, RunContextError, RunFailedError, UnsafePathError
+from .layout import (
+    EVENTS,
+    LOGS,
+    RESERVED_NAMES,
+    check_metric_name,
+    check_name,
+    new_run_id,
+    run_dir,
+    safe_relpath,
+)
 
 OFFLINE_DIR = ".mltrain-offline"
 
@@ -60,17 +71,18 @@ class Experiment:
 
         return RunStore(self.workspace)
 
-    def submit(self, config: Any, tags: dict[str, Any] | None = None) -> Run:
+    def submit(self, config: Any, tags: dict[str, Any] | None = None,
+               properties: dict[str, Any] | None = None) -> Run:
         """Capture the source directory, record the run and start it; returns at once.
 
         ``config`` is a ``ScriptRunConfig`` (or anything with ``to_script_run_config()``,
-        like an ``Estimator``). The run executes as a Prefect flow run, in a background
-        process or on a worker of its compute target's work pool; follow it with
-        ``run.wait_for_completion(show_output=True)``.
+        like an ``Estimator``). ``tags`` may change later; ``properties`` never do. The run
+        executes as a Prefect flow run, in a background process or on a worker of its
+        compute target's work pool; follow it with ``run.wait_for_completion(show_output=True)``.
         """
         from .submission import submit
 
-        return Run(self, submit(self.workspace, self.name, config, tags))
+        return Run(self, submit(self.workspace, self.name, config, tags, properties))
 
     def get_runs(self, include_children: bool = False, tags: dict[str, str] | None = None,
                  status: str | None = None) -> list[Run]:
@@ -105,6 +117,15 @@ class Experiment:
 class Run:
     """A run of an experiment: logged to from inside its script, inspected from anywhere.
 
+    As in Azure ML v1: metric names are any non-empty string; tags change, properties
+    never do once set (the same value again is fine); ``get_details()`` has Azure's
+    camelCase keys (``runId``, ``target``, ``status``, ``startTimeUtc``, ``endTimeUtc``,
+    ``properties``, ``inputDatasets``, ``runDefinition``, ``logFiles``, ``submittedBy``)
+    beside the record's own. A run submitted from a git work tree has its provenance in
+    the properties Azure ML wrote: ``azureml.git.repository_uri``, ``azureml.git.branch``,
+    ``azureml.git.commit``, ``azureml.git.dirty`` (``"True"``/``"False"``) and MLflow's
+    ``mlflow.source.git.repoURL``, ``.branch``, ``.commit``.
+
     Example:
         ```python
         run = experiment.submit(config)
@@ -137,10 +158,16 @@ class Run:
     # -- inside the script ------------------------------------------------------------------
 
     @classmethod
-    def get_context(cls) -> Run:
-        """The run this script belongs to; an offline run when started by hand. Never raises."""
+    def get_context(cls, allow_offline: bool = True, **kwargs: Any) -> Run:
+        """The run this script belongs to; started by hand, an offline run logging to
+        ``./.mltrain-offline`` — or, with ``allow_offline=False``, a ``RunContextError``."""
         ctx = current()
         if ctx is None:
+            if not allow_offline:
+                raise RunContextError(
+                    "this process is not part of a submitted run (MLTRAIN_RUN_ID is not "
+                    "set): submit the script with Experiment(...).submit(config), or call "
+                    "Run.get_context(allow_offline=True) to log to an offline run")
             return cls._offline_run()
         return cls(Experiment(None, ctx.experiment), ctx.run_id, _stage=ctx.folder())
 
@@ -178,31 +205,91 @@ class Run:
 
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
         """Log a value; logging the same name again makes a series."""
-        check_name(name, "metric name")
+        check_metric_name(name)
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)
         self._write().event({"type": "metric", "kind": "scalar", "name": name, "value": value,
                              "step": step, "description": description})
 
     def log_list(self, name: str, value: Iterable[Any], description: str = "") -> None:
-        check_name(name, "metric name")
+        check_metric_name(name)
         self._write().event({"type": "metric", "kind": "list", "name": name,
                              "value": list(value), "description": description})
 
     def log_row(self, name: str, description: str = "", **kwargs: Any) -> None:
         """Add a row to a table metric: ``run.log_row("curve", epoch=1, loss=0.3)``."""
-        check_name(name, "metric name")
+        check_metric_name(name)
         self._write().event({"type": "metric", "kind": "row", "name": name, "value": kwargs,
                              "description": description})
 
     def log_image(self, name: str, path: str | os.PathLike | None = None, plot: Any = None,
                   description: str = "") -> None:
-        """Log an image file, or a matplotlib figure (``plot=fig``), under ``images/``."""
-        check_name(name, "metric name")
+        """Log an image file, or a matplotlib figure (``plot=fig``), under ``images/`` (in a
+        file named after ``name``, encoded so that any name is one safe file name)."""
+        check_metric_name(name)
         if (path is None) == (plot is None):
             raise ValueError("log_image needs exactly one of path= or plot=")
         rel = self._write().image(name, path, plot)
         self._write().event({"type": "metric", "kind": "image", "name": name, "value": rel,
+                             "description": description})
+
+    def log_table(self, name: str, value: dict[str, Iterable[Any]], description: str = ""
+                  ) -> None:
+        """Log a table as a dict of columns: ``run.log_table("curve", {"epoch": [1, 2],
+        "loss": [0.5, 0.3]})``; more tables or rows under the same name add rows."""
+        check_metric_name(name)
+        if not isinstance(value, dict) or any(
+                isinstance(col, str | bytes | dict) or not hasattr(col, "__iter__")
+                for col in value.values()):
+            raise ValueError(f"log_table({name!r}) takes a dict of columns, like "
+                             f"{{'epoch': [1, 2], 'loss': [0.5, 0.3]}}, not {value!r:.80}")
+        self._write().event({"type": "metric", "kind": "table", "name": name, "value": {
+            str(col): [v.tolist() if hasattr(v, "tolist") else v for v in vals]
+            for col, vals in value.items()}, "description": description})
+
+    def log_confusion_matrix(self, name: str, value: dict[str, Any] | str,
+                             description: str = "") -> None:
+        """Log a confusion matrix: ``{"schema_type": "confusion_matrix", "schema_version":
+        "1.0.0", "data": {"class_labels": [...], "matrix": [[...], ...]}}`` (or its JSON)."""
+        self._log_document("confusion_matrix", name, value, description)
+
+    def log_accuracy_table(self, name: str, value: dict[str, Any] | str,
+                           description: str = "") -> None:
+        """Log an accuracy table: ``{"schema_type": "accuracy_table", "schema_version":
+        "1.0.1", "data": {"probability_tables": ..., "percentile_tables": ...,
+        "probability_thresholds": ..., "percentile_thresholds": ..., "class_labels": ...}}``."""
+        self._log_document("accuracy_table", name, value, description)
+
+    def log_residuals(self, name: str, value: dict[str, Any] | str,
+                      description: str = "") -> None:
+        """Log residuals: ``{"schema_type": "residuals", "schema_version": "1.0.0",
+        "data": {"bin_edges": [...], "bin_counts": [...]}}``."""
+        self._log_document("residuals", name, value, description)
+
+    def log_predictions(self, name: str, value: dict[str, Any] | str,
+                        description: str = "") -> None:
+        """Log predictions: ``{"schema_type": "predictions", "schema_version": "1.0.0",
+        "data": {"bin_averages": [...], "bin_errors": [...], "bin_counts": [...],
+        "bin_edges": [...]}}``."""
+        self._log_document("predictions", name, value, description)
+
+    def _log_document(self, kind: str, name: str, value: dict[str, Any] | str,
+                      description: str) -> None:
+        """One JSON document with Azure's ``schema_type``; ``get_metrics()`` returns it."""
+        check_metric_name(name)
+        example = f'{{"schema_type": "{kind}", "schema_version": "1.0.0", "data": {{...}}}}'
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"log_{kind}({name!r}) got a string that is not JSON: pass "
+                                 f"a dict like {example}") from None
+        if not (isinstance(value, dict) and value.get("schema_type") == kind
+                and isinstance(value.get("data"), dict)):
+            raise ValueError(f"log_{kind}({name!r}) takes a dict like {example}, not "
+                             f"{value!r:.80}")
+        self._write().event({"type": "metric", "kind": kind, "name": name,
+                             "value": json.loads(json.dumps(value, default=event_lines._jsonable)),
                              "description": description})
 
     def tag(self, key: str, value: Any = "") -> None:
@@ -213,17 +300,42 @@ class Run:
         for key, value in tags.items():
             self.tag(key, value)
 
+    def remove_tags(self, tags: Iterable[str]) -> None:
+        """Remove tags (given at submit or set since); a tag the run lacks is no error."""
+        for key in [tags] if isinstance(tags, str) else tags:
+            self._write().event({"type": "tag", "key": key, "value": "", "removed": True})
+
     def add_properties(self, properties: dict[str, Any]) -> None:
+        """Add properties, from the script or from anywhere. A property never changes once
+        set: giving a key it has another value is an ``ImmutablePropertyError``."""
+        now = self.get_properties()
         for key, value in properties.items():
-            check_name(key, "property name")
+            check_metric_name(key, "property name")
+            if key in now and now[key] != str(value):
+                raise ImmutablePropertyError(
+                    f"property {key!r} of run {self.id} is {now[key]!r} already: properties "
+                    "never change once set; use a tag (run.tag(key, value)) for a value that "
+                    "changes")
+        for key, value in properties.items():
             self._write().event({"type": "property", "key": key, "value": str(value)})
 
-    def upload_file(self, name: str, path_or_stream: str | os.PathLike) -> None:
-        """Store a file with the run under ``name`` (e.g. ``outputs/model.pkl``)."""
+    def upload_file(self, name: str, path_or_stream: str | os.PathLike | Any) -> None:
+        """Store a file, or a binary stream, with the run under ``name`` (e.g.
+        ``outputs/model.pkl``); a handle outside a script stores it in the workspace before
+        this returns."""
         name = safe_relpath(name)
         if PurePosixPath(name).parts[0] in RESERVED_NAMES:
             raise UnsafePathError(f"{name!r} is reserved for the run record: choose another name")
         self._write().copy(name, path_or_stream)
+
+    def upload_folder(self, name: str, path: str | os.PathLike) -> None:
+        """Store every file under the folder ``path`` with the run, under ``name/``."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"upload_folder({name!r}, {os.fspath(path)!r}): no such "
+                                    "folder; pass the path of a folder to store")
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.upload_file(f"{name.rstrip('/')}/{file.relative_to(folder).as_posix()}", file)
 
     def child_run(self, name: str | None = None, run_id: str | None = None) -> Run:
         """Start a child run; its metrics and files are kept separately."""
@@ -254,7 +366,9 @@ class Run:
             if self._child:
                 self._write().event({"type": "run", "status": status, "error": error})
         else:
-            self._store.move(self.experiment.name, self.id, status, error=error)
+            ended = self._store.move(self.experiment.name, self.id, status, error=error)
+            self._store.end_children(self.experiment.name, self.id,
+                                     canceled=ended.status.value == "Canceled")
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -279,51 +393,168 @@ class Run:
         return self.get_status()
 
     def get_details(self) -> dict[str, Any]:
-        """The run record: status, timings, exit code, error, log tail, snapshot, flow run."""
-        from .prefect_api import flow_run_url
-
-        details = self._record().model_dump(mode="json")
+        """The run record (status, timings, exit code, error, log tail, snapshot, flow run),
+        with Azure ML's camelCase keys beside it (see the class docstring)."""
+        record = self._record()
+        details = record.model_dump(mode="json")
         details["tags"] = self._tags(details["tags"])
-        if details["flow_run_id"]:  # where the UI is now, if it moved since the run
-            details["flow_run_url"] = flow_run_url(details["flow_run_id"]) \
-                or details["flow_run_url"]
+        details["flow_run_url"] = self._portal_url(record)
         if details.get("started_at") and details.get("ended_at"):
             details["duration_seconds"] = details["ended_at"] - details["started_at"]
+        details.update(self._azure_details(record))
         return details
 
+    def _azure_details(self, record: Any) -> dict[str, Any]:
+        target = record.compute_target
+        if isinstance(target, dict):
+            target = target.get("name") or target.get("type")
+        ws, files = self.experiment.workspace, self.get_file_names()
+        local = ws.protocol in ("file", "local")
+        out = {"runId": self.id, "target": target or "local", "status": record.status.value,
+               "properties": self.get_properties(), "inputDatasets": [],
+               "runDefinition": record.config.model_dump(mode="json") if record.config else {},
+               "logFiles": {name: ws.path(f"{self._dir}/{name}") if local
+                            else ws.fs.unstrip_protocol(ws.path(f"{self._dir}/{name}"))
+                            for name in files if name.startswith(f"{LOGS}/")},
+               "submittedBy": record.submitted_by}
+        if record.started_at:
+            out["startTimeUtc"] = _utc(record.started_at)
+        if record.ended_at:  # as in Azure: absent while the run is in progress
+            out["endTimeUtc"] = _utc(record.ended_at)
+        return out
+
+    def _portal_url(self, record: Any) -> str | None:
+        if record.flow_run_id:  # where the UI is now, if it moved since the run
+            from .prefect_api import flow_run_url
+
+            return flow_run_url(record.flow_run_id) or record.flow_run_url
+        return record.flow_run_url
+
+    def get_portal_url(self) -> str | None:
+        """The run's flow run in the Prefect UI (None for a run without a flow run, like an
+        interactive one)."""
+        return self._portal_url(self._record())
+
+    @property
+    def display_name(self) -> str | None:
+        if self._stage is not None and (named := event_lines.latest(self._events(),
+                                                                    "display_name")):
+            return named
+        return self._record().display_name
+
+    @display_name.setter
+    def display_name(self, value: str) -> None:
+        """Rename the run (kept in its record; from inside a script, once its runner syncs)."""
+        check_metric_name(value, "display name")
+        if self._stage is not None:
+            self._write().event({"type": "display_name", "value": value})
+        else:
+            self._store.set(self.experiment.name, self.id, display_name=value)
+
+    @property
+    def number(self) -> int | None:
+        """The run's sequence number in its experiment (1 for its first run), as in Azure."""
+        return self._record().number
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self.get_properties()
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.get_tags()
+
+    def get_environment(self) -> Any:
+        """The ``Environment`` the run was submitted with (secret values left out), or None
+        when it had none (the default environment, an interactive or child run)."""
+        config = self._record().config
+        return config.environment if config else None
+
+    def get_snapshot_id(self) -> str | None:
+        """The id of the run's source snapshot (None for interactive and child runs)."""
+        return self._record().snapshot_id
+
+    def restore_snapshot(self, snapshot_id: str | None = None,
+                         path: str | os.PathLike | None = None) -> str:
+        """Write a snapshot (the run's by default) as a ZIP file and return its path, as
+        Azure does: ``path`` is the ZIP's path; a folder, or a path ending in ``/``, gets
+        ``<snapshot_id>.zip`` inside it; default: that name in the current folder."""
+        import shutil
+
+        from .errors import SnapshotError
+        from .snapshot import restore_snapshot
+
+        snapshot_id = snapshot_id or self.get_snapshot_id()
+        if not snapshot_id:
+            raise SnapshotError(f"run {self.id} has no snapshot (an interactive or child "
+                                "run): pass snapshot_id= of a submitted run")
+        target = _target_path(path, f"{snapshot_id}.zip")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mltrain-snapshot-") as scratch:
+            restore_snapshot(self.experiment.workspace, snapshot_id, Path(scratch) / "src")
+            made = shutil.make_archive(str(Path(scratch) / "snapshot"), "zip",
+                                       Path(scratch) / "src")
+            shutil.move(made, target)
+        return str(target)
+
     def _events(self) -> list[dict[str, Any]]:
+        """What was logged: inside the script, from its stage (all of it so far, before
+        the runner syncs); elsewhere, from the workspace."""
+        if self._stage is not None:
+            return event_lines.parse(p.read_bytes() for p in sorted(
+                (self._stage / EVENTS).glob("*.jsonl")))
         return self._store.events(self.experiment.name, self.id)
 
-    def get_metrics(self, name: str | None = None) -> dict[str, Any]:
-        """Logged metrics: a single value, a list for a series, a dict of columns for rows."""
+    def get_metrics(self, name: str | None = None, recursive: bool = False,
+                    run_type: str | None = None, populate: bool = False) -> dict[str, Any]:
+        """Logged metrics: a single value, a list for a series, a dict of columns for rows
+        and tables, the logged document for a confusion matrix and the like (Azure's
+        ``populate=True``). ``recursive``: ``{run_id: metrics}`` of this run and every
+        descendant, as in Azure."""
+        if recursive:
+            found = {self.id: self.get_metrics(name)}
+            for child in self.get_children():
+                found.update(child.get_metrics(name, recursive=True))
+            return found
         return event_lines.metrics(self._events(), name)
 
     def get_tags(self) -> dict[str, str]:
         return self._tags(self._record().tags)
 
     def _tags(self, submitted: dict[str, str]) -> dict[str, str]:
-        """Tags given at submit, then every ``tag()`` since, in the order they were set."""
-        logged = sorted(self._events(), key=lambda e: e.get("time", 0))
-        return {**submitted, **event_lines.tags(logged)}
+        """Tags given at submit, then every tag set or removed since, in order."""
+        return event_lines.tags(self._events(), submitted)
 
     def get_properties(self) -> dict[str, str]:
-        logged = sorted(self._events(), key=lambda e: e.get("time", 0))
-        return {**self._record().properties, **event_lines.properties(logged)}
+        """Properties given at submit (git provenance among them), then those added since;
+        the first value of a key stands."""
+        return {**event_lines.properties(self._events()), **self._recorded_properties()}
+
+    def _recorded_properties(self) -> dict[str, str]:
+        if self._stage is None:
+            return self._record().properties
+        try:  # inside a script whose environment may not reach the workspace
+            return self._record().properties
+        except Exception:
+            return {}
 
     def get_file_names(self) -> list[str]:
         """Files stored with the run (``outputs/``, ``logs/``, uploads, images)."""
         return self._store.file_names(self.experiment.name, self.id)
 
     def download_file(self, name: str, output_file_path: str | os.PathLike | None = None) -> Path:
-        """Download one stored file; the name must stay inside the run (no ``../``)."""
+        """Download one stored file; the name must stay inside the run (no ``../``).
+
+        As in Azure, ``output_file_path`` is the file's path (missing folders are made);
+        an existing folder, or a path ending in ``/``, gets the file inside it under its
+        own name; default: its name in the current folder.
+        """
         name = safe_relpath(name)
         names = self.get_file_names()
         if name not in names:
             raise FileNotFoundError(f"run {self.id} has no file {name!r}; it has: "
                                     f"{', '.join(names[:20]) or 'no files'}")
-        target = Path(output_file_path or PurePosixPath(name).name)
-        if target.is_dir():
-            target = target / PurePosixPath(name).name
+        target = _target_path(output_file_path, PurePosixPath(name).name)
         self.experiment.workspace.get_file(f"{self._dir}/{name}", target)
         return target
 
@@ -379,3 +610,19 @@ class Run:
         from .submission import resubmit
 
         return Run(self.experiment, resubmit(self._store, self._record(), self.get_tags()))
+
+
+def _target_path(path: str | os.PathLike | None, default_name: str) -> Path:
+    """Where a download goes: ``path`` itself, or ``default_name`` inside it when ``path``
+    is an existing folder or ends with a separator (a folder that may not exist yet)."""
+    if path is None:
+        return Path(default_name)
+    raw = os.fspath(path)
+    if raw.endswith(("/", os.sep)) or Path(raw).is_dir():
+        return Path(raw) / default_name
+    return Path(raw)
+
+
+def _utc(timestamp: float) -> str:
+    """ISO 8601 in UTC, as Azure writes its times: ``2024-05-01T12:00:00.123456Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

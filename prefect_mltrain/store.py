@@ -10,6 +10,8 @@ smaller files a run has: the runner's heartbeat and cancel requests.
 
 from __future__ import annotations
 
+import getpass
+import os
 import socket
 import time
 import warnings
@@ -24,6 +26,7 @@ from .compute.registry import target_name
 from .config import ScriptRunConfig
 from .errors import RunNotFoundError, UnsafePathError, WorkspaceError
 from .files import is_partial
+from .git import git_properties
 from .layout import (
     CANCEL,
     EVENTS,
@@ -31,6 +34,7 @@ from .layout import (
     HEARTBEAT,
     RECORD,
     RESERVED_NAMES,
+    check_metric_name,
     check_name,
     experiment_dir,
     new_run_id,
@@ -64,16 +68,22 @@ class RunStore:
     def create(self, experiment: str, *, config: ScriptRunConfig | None = None,
                tags: dict[str, Any] | None = None, git: dict[str, Any] | None = None,
                status: RunStatus = RunStatus.NOT_STARTED, run_id: str | None = None,
-               **fields: Any) -> RunRecord:
+               properties: dict[str, Any] | None = None, **fields: Any) -> RunRecord:
         """Record a new run of ``experiment``: its configuration (the compute target by
-        name), tags, git provenance (the diff goes beside the record) and ``fields``."""
+        name), tags, properties, git provenance (the diff goes beside the record; the rest
+        also as ``azureml.git.*`` properties), who submitted it, its number in the
+        experiment, and ``fields``."""
         check_name(experiment, "experiment name")
         tags = {check_name(str(k), "tag key"): str(v) for k, v in (tags or {}).items()}
+        properties = {check_metric_name(k, "property name"): str(v)
+                      for k, v in (properties or {}).items()}
         if config is not None:
             config = config.model_copy(update={
                 "compute_target": target_name(config.compute_target)})
+        fields.setdefault("submitted_by", _user())
         record = RunRecord(run_id=run_id or new_run_id(experiment), experiment=experiment,
-                           config=config, tags=tags, **fields)
+                           config=config, tags=tags, properties={
+                               **properties, **git_properties(git)}, **fields)
         record.move_to(RunStatus.NOT_STARTED)
         if status != RunStatus.NOT_STARTED:
             record.move_to(status)
@@ -83,14 +93,25 @@ class RunStore:
             if diff := git.pop("diff", ""):
                 self.ws.write_bytes(f"{folder}/{GIT_DIFF}", diff.encode())
             record.git = git
-        marker = f"{experiment_dir(experiment)}/experiment.json"
-        if not self.ws.exists(marker):
-            self.ws.write_json(marker, {"name": experiment, "created_at": time.time()})
+        record.number = self._next_number(experiment)
         with self.ws.lock(f"{folder}/{RECORD}"):
             if self.ws.exists(f"{folder}/{RECORD}"):
                 raise FileExistsError(f"run {record.run_id} exists already in {self.ws}")
             self.ws.write_bytes(f"{folder}/{RECORD}", record.to_json())
         return record
+
+    def _next_number(self, experiment: str) -> int:
+        """The next run number of ``experiment`` (1, 2, ...), counted in its
+        ``experiment.json`` under the lock, so concurrent submits never share one."""
+        marker = f"{experiment_dir(experiment)}/experiment.json"
+        with self.ws.lock(marker):
+            info = self.ws.read_json(marker, None) or {"name": experiment,
+                                                       "created_at": time.time()}
+            if "last_run_number" not in info:  # runs recorded before runs had numbers
+                info["last_run_number"] = len(self.run_ids(experiment))
+            info["last_run_number"] += 1
+            self.ws.write_json(marker, info)
+        return info["last_run_number"]
 
     def read(self, experiment: str, run_id: str) -> RunRecord:
         try:
@@ -137,6 +158,24 @@ class RunStore:
         """Set fields of the record without a change of status."""
         return self.update(experiment, run_id,
                            lambda r: [setattr(r, name, value) for name, value in fields.items()])
+
+    def end_children(self, experiment: str, run_id: str, canceled: bool = False) -> list[str]:
+        """End every descendant of an ended run that has not ended (Canceled when the parent
+        was canceled, else Failed, with the error "parent run ended"), so no child is left
+        Running; returns their ids."""
+        kids: dict[str, list[RunRecord]] = {}
+        for record in self.records(experiment):
+            if record.parent_run_id:
+                kids.setdefault(record.parent_run_id, []).append(record)
+        status = RunStatus.CANCELED if canceled else RunStatus.FAILED
+        ended, todo = [], list(kids.get(run_id, []))
+        while todo:
+            child = todo.pop()
+            todo.extend(kids.get(child.run_id, []))
+            if not child.finished and self.move(experiment, child.run_id, status,
+                                                error="parent run ended").status == status:
+                ended.append(child.run_id)
+        return ended
 
     # -- finding runs -------------------------------------------------------------------------
 
@@ -195,6 +234,13 @@ class RunStore:
         files = self.ws.find(run_dir(experiment, run_id))
         return sorted(f for f in files if _listed(f))
 
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # a container user without a passwd entry
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def _listed(name: str) -> bool:

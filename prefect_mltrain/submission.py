@@ -28,7 +28,8 @@ from .workspace import Workspace
 
 
 def submit(ws: Workspace, experiment: str, config: Any,
-           tags: dict[str, Any] | None = None) -> str:
+           tags: dict[str, Any] | None = None,
+           properties: dict[str, Any] | None = None) -> str:
     """Record a run of ``config`` (a ``ScriptRunConfig`` or an ``Estimator``) and start it;
     returns its id."""
     config = as_script_run_config(config)
@@ -38,7 +39,7 @@ def submit(ws: Workspace, experiment: str, config: Any,
     if snap.skipped:
         warnings.warn(f"not captured (links leaving {config.source_directory}, or special "
                       f"files): {', '.join(snap.skipped[:10])}", stacklevel=3)
-    record = store.create(experiment, config=config, tags=tags,
+    record = store.create(experiment, config=config, tags=tags, properties=properties,
                           git=git_provenance(config.source_directory),
                           snapshot_id=snap.snapshot_id, snapshot_skipped=snap.skipped[:100])
     secrets = config.environment.secrets() if config.environment else {}

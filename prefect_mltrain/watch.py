@@ -42,6 +42,8 @@ class Watcher:
         if pgid:  # the script of a runner that died on this machine: stop it too
             kill_process_group(pgid, grace=0)
         ended = self.store.move(record.experiment, record.run_id, status, error=reason)
+        self.store.end_children(record.experiment, record.run_id,
+                                canceled=ended.status == RunStatus.CANCELED)
         if ended.flow_run_id:  # nobody else will tell Prefect
             try:
                 from .prefect_api import end_flow_run
