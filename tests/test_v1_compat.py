@@ -1,15 +1,18 @@
-"""Azure ML v1 configuration code, as Azure's docs write it, runs unchanged."""
+"""A real Azure ML v1 project runs unchanged: its training scripts as they are, its submit
+code with one import line added."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import write_script
+from conftest import BASE_IMAGE, write_script
 from pydantic import ValidationError
 
 from prefect_mltrain import (
@@ -53,6 +56,172 @@ def python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, cwd=cwd,
                           timeout=timeout)
+
+
+# -- 2. azureml imports ---------------------------------------------------------------------
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["default", "built", "other-interpreter"])
+def test_v1_script_runs_unchanged_on_local_compute(ws, tmp_path, kind):
+    write_script(tmp_path / "p", "train.py", V1_TRAIN)
+    env = None
+    if kind == "built":  # a virtualenv without prefect-mltrain in it
+        env = Environment.get(ws, "AzureML-Minimal")
+        env.docker.enabled = True
+    elif kind == "other-interpreter":
+        other = shutil.which("python3.11", path="/usr/bin:/usr/local/bin")
+        if not other or Path(other).resolve() == Path(sys.executable).resolve():
+            pytest.skip("no system Python 3.11 other than this interpreter")
+        env = Environment("system-python")
+        env.python.user_managed_dependencies = True
+        env.python.interpreter_path = other
+    run = Experiment(ws, "v1").submit(ScriptRunConfig(tmp_path / "p", "train.py",
+                                                      environment=env))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
+    assert details["status"] == "Completed", log
+    assert run.get_metrics() == EXPECTED
+    assert "child prefect_mltrain.run" in log
+    if kind == "built":
+        build_log = run.download_file("logs/environment_build.log", tmp_path / "b").read_text()
+        assert "AzureML-Minimal: Azure's curated environment is prefect-mltrain's " \
+               "mltrain-minimal" in build_log
+        assert "docker.enabled is ignored on local compute" in build_log
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_v1_script_runs_unchanged_in_a_container(ws, tmp_path, docker_engine):
+    from prefect_mltrain.compute import DockerCompute
+
+    write_script(tmp_path / "p", "train.py", V1_TRAIN)
+    env = Environment("v1-docker")
+    env.python.user_managed_dependencies = True  # the image's python3, nothing installed
+    env.docker.base_image = BASE_IMAGE
+    run = Experiment(ws, "v1").submit(ScriptRunConfig(
+        tmp_path / "p", "train.py", environment=env,
+        compute_target=DockerCompute(image=BASE_IMAGE, network_mode="host")))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
+    assert details["status"] == "Completed", log
+    assert run.get_metrics() == EXPECTED
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_v1_script_runs_unchanged_on_dask(ws, tmp_path, dask_cluster):
+    from prefect_mltrain.compute import DaskCompute
+
+    write_script(tmp_path / "p", "train.py", V1_TRAIN)
+    run = Experiment(ws, "v1").submit(ScriptRunConfig(
+        tmp_path / "p", "train.py", compute_target=DaskCompute(address=dask_cluster)))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
+    assert details["status"] == "Completed", log
+    assert run.get_metrics() == EXPECTED
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_a_real_azureml_package_wins_over_the_shim(ws, tmp_path):
+    write_script(tmp_path / "p" / "azureml", "__init__.py", "")
+    write_script(tmp_path / "p" / "azureml" / "core", "__init__.py", "class Run:\n    REAL = 1\n")
+    write_script(tmp_path / "p", "train.py", """
+        from azureml.core import Run
+        from prefect_mltrain import Run as Ours
+        Ours.get_context().log("real", getattr(Run, "REAL", 0))
+        try:
+            import azureml.train.estimator
+            Ours.get_context().log("shim_under_real", 1)
+        except ImportError:
+            Ours.get_context().log("shim_under_real", 0)
+    """)
+    run = Experiment(ws, "v1").submit(ScriptRunConfig(tmp_path / "p", "train.py"))
+    assert run.wait_for_completion(timeout=240)["status"] == "Completed"
+    assert run.get_metrics() == {"real": 1, "shim_under_real": 0}
+
+
+def test_nothing_is_installed_azureml_needs_an_explicit_opt_in():
+    out = python("""
+        import importlib.util, sys
+        from prefect_mltrain import Run, ScriptRunConfig
+        print(importlib.util.find_spec("azureml") is None)
+        import prefect_mltrain.compat
+        from azureml.core import Workspace, Experiment, ScriptRunConfig as S, Environment
+        from azureml.core.runconfig import (RunConfiguration, MpiConfiguration,
+                                            PyTorchConfiguration, TensorflowConfiguration)
+        from azureml.core.conda_dependencies import CondaDependencies
+        from azureml.core.environment import Environment as E
+        from azureml.train.estimator import Estimator
+        from azureml.train.dnn import PyTorch, TensorFlow
+        from azureml.train.sklearn import SKLearn
+        print(S is ScriptRunConfig, E is Environment, Estimator.__module__)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "prefect_mltrain.estimator"]
+
+
+@pytest.mark.parametrize("statement, message", [
+    ("from azureml.core import Dataset", "datasets and datastores are coming"),
+    ("from azureml.core import Datastore", "azureml.core has: Environment, Experiment, Run"),
+    ("from azureml.core import Keyvault", "not provided by prefect-mltrain; azureml.core has"),
+    ("from azureml.core.compute import AmlCompute", "compute_target='gpu-box'"),
+    ("from azureml.train.dnn import Mpi", "distributed_backend='mpi'"),
+    ("import azureml.train.hyperdrive", "HyperDrive is coming"),
+    ("import azureml.pipeline.core", "pipelines are Prefect flows"),
+])
+def test_what_is_not_implemented_is_an_import_error_naming_what_exists(statement, message):
+    out = python(f"""
+        import prefect_mltrain.compat
+        try:
+            {statement}
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "Error" in out.stdout and message in out.stdout, out.stdout
+
+
+def test_the_bootstrap_keeps_the_sitecustomize_it_hides(tmp_path):
+    """Debian's (or a venv's) sitecustomize still runs when the run's bootstrap is first."""
+    from prefect_mltrain.compute.jobs import script_env
+
+    write_script(tmp_path / "site", "sitecustomize.py", "import builtins; builtins.HIDDEN = 1\n")
+    env = script_env({"PYTHONPATH": str(tmp_path / "site")}, sys.executable)
+    out = python("import builtins; from azureml.core import Run; print(builtins.HIDDEN)",
+                 env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_v1_submit_code_runs_with_only_an_import_line_added(tmp_path):
+    """The seed article's driver code, verbatim but for `import prefect_mltrain.compat`."""
+    project_folder = tmp_path / "proj"
+    write_script(project_folder, "train.py", V1_TRAIN)
+    (tmp_path / "mltrain.json").write_text(json.dumps({"url": str(tmp_path / "ws")}))
+    driver = f"""
+        import prefect_mltrain.compat
+        from azureml.core import Workspace, Experiment, Environment, ScriptRunConfig
+
+        ws = Workspace.from_config()
+        experiment = Experiment(workspace=ws, name='my_experiment')
+        my_environment = Environment("user-managed-env")
+        my_environment.python.user_managed_dependencies = True
+        project_folder = {str(project_folder)!r}
+        script_run_config = ScriptRunConfig(source_directory=project_folder, script='train.py')
+        script_run_config.run_config.target = 'local'
+        script_run_config.run_config.environment = my_environment
+        run = experiment.submit(config=script_run_config)
+        run.wait_for_completion(show_output=True)
+        run.download_file(name='outputs/model.txt', output_file_path='my_destination_path')
+        print("STATUS", run.get_status(), open('my_destination_path').read())
+    """
+    out = python(driver, cwd=tmp_path, timeout=250)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "STATUS Completed v1" in out.stdout
 
 
 # -- 3. ScriptRunConfig as Azure's docs write it ---------------------------------------------
