@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -340,3 +341,38 @@ def test_azure_curated_names_map_to_ours(ws, azure, ours):
 def test_an_azure_curated_name_without_a_match_names_those_that_map(ws):
     with pytest.raises(MLTrainError, match="AzureML-sklearn-\\*, AzureML-pytorch-\\*"):
         Environment.get(ws, "AzureML-lightgbm-3.2-ubuntu18.04-py37-cpu")
+
+
+# -- README: "Coming from Azure ML v1" --------------------------------------------------------
+
+def readme_rows() -> list[tuple[str, str]]:
+    """(v1 name, status) of every row of the README's v1 table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Coming from Azure ML v1", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and not set(cells[0]) <= {"-"} and cells[0] != "v1 name":
+            status = re.match(r"(supported|different|not supported)\b", cells[1])
+            assert status, f"README row without a status: {line}"
+            rows.extend((name.strip("` "), status.group(1)) for name in cells[0].split(","))
+    return rows
+
+
+def test_readme_v1_table_is_true_every_supported_name_imports():
+    rows = readme_rows()
+    assert len(rows) > 50
+    names = {name: status for name, status in rows if re.fullmatch(r"azureml(\.\w+)+", name)}
+    assert names["azureml.core.Run"] == "supported"
+    code = "import importlib, prefect_mltrain.compat\n" + "".join(
+        f"getattr(importlib.import_module({n.rsplit('.', 1)[0]!r}), {n.rsplit('.', 1)[1]!r})\n"
+        for n, status in names.items() if status != "not supported")
+    out = python(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    refused = [n for n, status in names.items() if status == "not supported"]
+    checks = "".join(
+        f"try:\n    getattr(importlib.import_module({n.rsplit('.', 1)[0]!r}), "
+        f"{n.rsplit('.', 1)[1]!r})\nexcept ImportError as e:\n    print('refused', {n!r})\n"
+        for n in refused)
+    out = python("import importlib, prefect_mltrain.compat\n" + checks)
+    assert sorted(re.findall(r"refused (\S+)", out.stdout)) == sorted(refused), out.stderr
