@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .environment import Environment, _Model
+from .errors import ConfigurationError
 
 
 class MpiConfiguration(_Model):
@@ -67,10 +68,14 @@ DistributedConfig = Annotated[
 class ScriptRunConfig(_Model):
     """Everything needed to run a training script once.
 
+    The first two arguments may be positional, as Azure's docs write them, and
+    ``run_config`` is v1's view of the same fields (see ``RunConfiguration``).
+
     Example:
         ```python
-        src = ScriptRunConfig(source_directory="proj", script="train.py",
-                              arguments=["--alpha", 0.5], max_run_duration_seconds=600)
+        src = ScriptRunConfig("proj", "train.py", arguments=["--alpha", 0.5],
+                              max_run_duration_seconds=600)
+        src.run_config.target = "gpu-box"          # the same as src.compute_target
         run = Experiment(ws, "demo").submit(src)
         ```
     """
@@ -100,6 +105,23 @@ class ScriptRunConfig(_Model):
     distributed_job_config: DistributedConfig | None = Field(
         None, description="MPI, PyTorch or TensorFlow distributed job settings."
     )
+    framework: Literal["python", "pyspark"] = Field(
+        "python", description="'python', or 'pyspark' (accepted; submitting it is not "
+        "supported yet)."
+    )
+
+    def __init__(self, source_directory: Any = ".", script: str | None = None, /,
+                 run_config: RunConfiguration | None = None, **data: Any):
+        data.setdefault("source_directory", source_directory)
+        data.setdefault("script", script)
+        if run_config is not None:  # v1: the settings of a RunConfiguration made beforehand
+            data = {**run_config._settings(), **data}
+        super().__init__(**data)
+
+    @property
+    def run_config(self) -> RunConfiguration:
+        """v1's ``src.run_config``: a view of this config's own fields, not a copy."""
+        return RunConfiguration(_config=self)
 
     @field_validator("source_directory", mode="before")
     @classmethod
@@ -126,13 +148,22 @@ class ScriptRunConfig(_Model):
     @field_validator("arguments", mode="before")
     @classmethod
     def _paths_to_str(cls, value: Any) -> Any:
+        if value is None:  # v1's default
+            return []
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
             raise ValueError("arguments must be a list, e.g. ['--lr', 0.01]")
         return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
 
+    @field_validator("framework", mode="before")
+    @classmethod
+    def _framework_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # Azure writes "PySpark"
+
     @field_validator("compute_target", mode="before")
     @classmethod
     def _check_target(cls, value: Any) -> Any:
+        if value is None:  # v1: no target means this machine
+            return "local"
         if isinstance(value, str) and value.strip():
             return value
         if hasattr(value, "launch"):
@@ -179,3 +210,87 @@ class ScriptRunConfig(_Model):
 
 def _recorded(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("recorded"))
+
+
+def check_submittable(config: ScriptRunConfig) -> None:
+    """What a config may say but no target can run yet: one clear error at submit."""
+    if config.framework == "pyspark":
+        raise ConfigurationError(
+            "framework='pyspark' is not supported yet (Spark runs are a coming feature): "
+            "set src.run_config.framework = 'python' and start Spark from the script, "
+            "e.g. with pyspark's SparkSession.builder")
+
+
+class RunConfiguration:
+    """Azure ML v1's ``RunConfiguration``, as ``src.run_config`` of a ``ScriptRunConfig``.
+
+    It is a view: reading or setting ``target``, ``environment``, ``arguments``,
+    ``framework``, ``node_count``, ``max_run_duration_seconds``, ``script`` or ``command``
+    reads or sets the config's own field (``target`` is ``compute_target``; ``node_count``
+    is the distributed configuration's). Made on its own (``RunConfiguration()``), it holds
+    the settings until ``ScriptRunConfig(..., run_config=rc)`` takes them.
+
+    Example:
+        ```python
+        src = ScriptRunConfig(project_folder, "train.py")
+        src.run_config.target = "gpu-box"
+        src.run_config.environment = env
+        ```
+    """
+
+    _FIELDS = {"target": "compute_target", "environment": "environment",
+               "arguments": "arguments", "framework": "framework", "script": "script",
+               "command": "command", "max_run_duration_seconds": "max_run_duration_seconds"}
+
+    def __init__(self, script: str | None = None, arguments: list[Any] | None = None,
+                 framework: str | None = None, command: Any = None, *,
+                 _config: ScriptRunConfig | None = None):
+        object.__setattr__(self, "_config", _config)
+        object.__setattr__(self, "_values", {})
+        for name, value in (("script", script), ("arguments", arguments),
+                            ("framework", framework), ("command", command)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "node_count":
+            dist = self._source("distributed_job_config")
+            return getattr(dist, "node_count", 1) if dist is not None else 1
+        if name not in self._FIELDS:
+            raise AttributeError(f"RunConfiguration has no {name!r}; it has "
+                                 f"{', '.join(sorted([*self._FIELDS, 'node_count']))}")
+        return self._source(self._FIELDS[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "node_count":
+            return self._set_node_count(value)
+        if name not in self._FIELDS:
+            raise AttributeError(f"RunConfiguration has no {name!r}; it has "
+                                 f"{', '.join(sorted([*self._FIELDS, 'node_count']))}")
+        if self._config is not None:
+            setattr(self._config, self._FIELDS[name], value)  # validated as the field is
+        else:
+            self._values[self._FIELDS[name]] = value
+
+    def _source(self, field: str) -> Any:
+        if self._config is not None:
+            return getattr(self._config, field)
+        if field in self._values:
+            return self._values[field]
+        return ScriptRunConfig.model_fields[field].get_default(call_default_factory=True)
+
+    def _set_node_count(self, value: Any) -> None:
+        dist = self._source("distributed_job_config")
+        if dist is not None and "node_count" in type(dist).model_fields:
+            dist.node_count = value
+        elif value != 1:
+            raise ConfigurationError(
+                f"node_count={value!r} needs a distributed job: set distributed_job_config="
+                "MpiConfiguration(node_count=...) or PyTorchConfiguration(node_count=...)")
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        shown = {k: self.__getattr__(k) for k in ("target", "framework", "node_count")}
+        return f"RunConfiguration({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

@@ -29,8 +29,19 @@ class _Model(BaseModel):
 
 
 class CondaDependencies(_Model):
-    """Packages to install: pip requirements, and conda packages with their channels."""
+    """Packages to install: pip requirements, and conda packages with their channels.
 
+    Example (as Azure ML v1 writes it):
+        ```python
+        cd = CondaDependencies.create(python_version="3.11", pip_packages=["pandas"])
+        env.python.conda_dependencies = cd
+        ```
+    """
+
+    python_version: str | None = Field(
+        None, description="Python version of the built environment (v1's python=3.X "
+        "conda entry), e.g. '3.11'; python.python_version says the same."
+    )
     channels: list[str] = Field(default_factory=list, description="Conda channels, in order.")
     conda_packages: list[str] = Field(default_factory=list, description="Conda packages.")
     pip_packages: list[str] = Field(default_factory=list, description="pip requirements.")
@@ -41,9 +52,15 @@ class CondaDependencies(_Model):
     @classmethod
     def create(cls, pip_packages: list[str] | None = None,
                conda_packages: list[str] | None = None,
-               channels: list[str] | None = None) -> CondaDependencies:
+               channels: list[str] | None = None, python_version: str | None = None,
+               pip_indexurl: str | None = None, pin_sdk_version: bool = True
+               ) -> CondaDependencies:
+        """v1's constructor. ``pin_sdk_version`` is accepted and has nothing to pin: no
+        Azure SDK package is added (scripts import ``azureml`` from prefect-mltrain)."""
         return cls(pip_packages=list(pip_packages or []),
-                   conda_packages=list(conda_packages or []), channels=list(channels or []))
+                   conda_packages=list(conda_packages or []), channels=list(channels or []),
+                   python_version=python_version,
+                   pip_options=[f"--index-url {pip_indexurl}"] if pip_indexurl else [])
 
     def add_pip_package(self, requirement: str) -> None:
         self.pip_packages = [*self.pip_packages, requirement]
@@ -73,6 +90,10 @@ class PythonSection(_Model):
 class DockerSection(_Model):
     """The image a container run starts from."""
 
+    enabled: bool = Field(
+        False, description="v1's switch for running in a container. Docker compute always "
+        "does; local and Dask compute run in a virtualenv and say so in the build log."
+    )
     base_image: str | None = Field(None, description="Image the environment is built on.")
     base_dockerfile: str | None = Field(None, description="Dockerfile text used instead.")
     build_args: dict[str, str] = Field(default_factory=dict, description="Docker build args.")
@@ -141,9 +162,9 @@ class Environment(_Model):
                 for line in item.get("pip") or []:
                     (deps.pip_options if str(line).startswith("-") else deps.pip_packages
                      ).append(str(line))
-            elif (match := re.fullmatch(r"python\s*=?=\s*([\d.*]+)", str(item).strip())):
-                env.python.python_version = match.group(1).rstrip(".*")
-            elif str(item).strip() not in ("pip", "python"):
+            elif re.match(r"python\b(?!-)", str(item).strip()):
+                env.python.python_version = _conda_python(str(item).strip(), file_path)
+            elif str(item).strip() != "pip":
                 deps.conda_packages.append(str(item).strip())
         env.python.conda_dependencies = deps
         return env
@@ -153,10 +174,16 @@ class Environment(_Model):
     def build_spec(self) -> BuildSpec:
         """What a build of this environment depends on (see ``BuildSpec``)."""
         deps, user = self.python.conda_dependencies, self.python.user_managed_dependencies
+        python = self.python.python_version or deps.python_version
+        if deps.python_version and python != deps.python_version:
+            raise MLTrainError(
+                f"environment {self.name!r} asks for Python {self.python.python_version} "
+                f"(python.python_version) and {deps.python_version} (its conda "
+                "dependencies): keep one of them")
         return BuildSpec(
             name=self.name, user_managed=user,
             interpreter=self.python.interpreter_path if user else None,
-            python=self.python.python_version, channels=tuple(deps.channels),
+            python=python, channels=tuple(deps.channels),
             conda=tuple(sorted(_normalize(p) for p in deps.conda_packages)),
             pip=tuple(sorted(_normalize(p) for p in deps.pip_packages)),
             pip_options=tuple(deps.pip_options), base_image=self.docker.base_image,
@@ -169,6 +196,16 @@ class Environment(_Model):
     @property
     def needs_build(self) -> bool:
         return not self.python.user_managed_dependencies
+
+    def build_notes(self) -> list[str]:
+        """Lines for the top of a build log: what this environment stands for."""
+        ours = curated_name(self.name)
+        if ours is None:
+            return []
+        deps = self.python.conda_dependencies
+        return [f"environment {self.name}: Azure's curated environment is prefect-mltrain's "
+                f"{ours} here (Python {self.python.python_version}; "
+                f"{', '.join(deps.pip_packages) or 'no packages'})"]
 
     # -- records and files ------------------------------------------------------------------
 
@@ -218,10 +255,27 @@ class Environment(_Model):
     @classmethod
     def get(cls, workspace: Workspace | None, name: str, version: str | int | None = None
             ) -> Environment:
-        """A registered environment (latest version by default), or a curated one by name."""
+        """A registered environment (latest version by default), or a curated one by name.
+
+        Azure's curated names (``AzureML-sklearn-*``, ``AzureML-pytorch-*``,
+        ``AzureML-tensorflow-*``, ``AzureML-Minimal``) give the matching ``mltrain-*``
+        environment under the name asked for; its build log says which one it is.
+        """
         curated = CURATED_DIR / f"{name}.json"
         if curated.is_file() and version is None:
             return cls.model_validate_json(curated.read_text())
+        if name.lower().startswith("azureml-") and not (
+                workspace is not None and _versions(workspace, name)):
+            ours = curated_name(name)
+            if ours is None:
+                raise MLTrainError(
+                    f"no curated environment stands for Azure's {name!r}: the Azure ones "
+                    "that map are AzureML-sklearn-*, AzureML-pytorch-*, AzureML-tensorflow-* "
+                    "and AzureML-Minimal; for others declare the packages, e.g. "
+                    "Environment.from_pip_requirements(name, 'requirements.txt')")
+            env = cls.model_validate_json((CURATED_DIR / f"{ours}.json").read_text())
+            env.name = name
+            return env
         versions = _versions(workspace, name) if workspace is not None else []
         wanted = int(version) if version is not None else (versions[-1] if versions else None)
         if wanted not in versions:
@@ -249,6 +303,37 @@ class Environment(_Model):
         if use_docker:
             return build_image(self.build_spec())
         return build_environment(self.build_spec())
+
+
+def _conda_python(item: str, file_path: str | Path) -> str | None:
+    """The version a conda ``python`` entry pins (``python=3.11``, ``python==3.11.*``,
+    ``python 3.11``, ``python=3.11.5=h955ad1f_0``), or None for a bare ``python``; a range
+    is refused rather than guessed."""
+    if item == "python":
+        return None
+    match = re.fullmatch(r"python\s*(?:==?|\s)\s*(\d+(?:\.\d+)*)(?:\.\*)?(?:=\S+)?", item)
+    if not match:
+        raise MLTrainError(
+            f"{file_path}: cannot honour {item!r}: pin one Python version, e.g. "
+            "'python=3.11' (a built environment gets exactly that interpreter)")
+    return match.group(1)
+
+
+def curated_name(name: str) -> str | None:
+    """Our curated environment standing for an Azure ML curated one (``AzureML-...``)."""
+    lowered = name.lower()
+    for prefixes, ours in _AZURE_CURATED:
+        if lowered.startswith(prefixes):
+            return ours
+    return None
+
+
+_AZURE_CURATED = (
+    (("azureml-sklearn", "azureml-scikit-learn"), "mltrain-sklearn"),
+    (("azureml-pytorch", "azureml-acpt-pytorch"), "mltrain-pytorch-cpu"),
+    (("azureml-tensorflow",), "mltrain-tensorflow-cpu"),
+    (("azureml-minimal", "azureml-tutorial"), "mltrain-minimal"),
+)
 
 
 def _versions(workspace: Workspace, name: str) -> list[int]:

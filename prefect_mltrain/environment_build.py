@@ -224,16 +224,45 @@ def _create_conda_prefix(conda: str, prefix: Path, spec: BuildSpec, steps: Steps
 
 
 def _base_python(version: str | None) -> str:
-    """This interpreter, or one of the requested version found on the machine."""
-    if not version or platform.python_version().startswith(version):
+    """This interpreter, or one of the requested version: ``python3.X`` on PATH, else one
+    uv finds (``uv python install 3.X`` puts one there). Each is asked for its version, so
+    a stale shim or a wrong link is never used in its place."""
+    if not version or _same_version(version, platform.python_version()):
         return sys.executable
-    found = shutil.which(f"python{version}")
-    if not found:
-        raise EnvironmentBuildError(
-            f"python {version} is not installed on this machine: install it, or drop "
-            f"python_version to use Python {platform.python_version()}"
-        )
-    return found
+    for candidate in (shutil.which(f"python{version}"), _uv_python(version)):
+        if candidate and _same_version(version, _version_of(candidate)):
+            return candidate
+    raise EnvironmentBuildError(
+        f"Python {version} is not installed on this machine: install it (`uv python install "
+        f"{version}`, or your system's package), or drop the Python pin (python_version, or "
+        f"python={version} in the conda file) to use Python {platform.python_version()}"
+    )
+
+
+def _same_version(wanted: str, actual: str | None) -> bool:
+    """``3.1`` is not ``3.11.2``; ``3.11`` is."""
+    return bool(actual) and actual.split(".")[:len(wanted.split("."))] == wanted.split(".")
+
+
+def _uv_python(version: str) -> str | None:
+    if not _uv_binary():
+        return None
+    try:
+        out = subprocess.run(_uv("python", "find", "--no-python-downloads", version),
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@lru_cache(maxsize=8)
+def _version_of(python: str) -> str | None:
+    try:
+        out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 @lru_cache(maxsize=8)

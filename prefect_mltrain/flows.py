@@ -34,7 +34,7 @@ from prefect.states import Cancelled, Failed
 from . import events as event_lines
 from .compute.base import ComputeTarget, LaunchSpec, Prepared
 from .compute.registry import resolve_compute_target
-from .config import ScriptRunConfig
+from .config import ScriptRunConfig, check_submittable
 from .context import CONTEXT_DIR
 from .environment import Environment
 from .errors import RunCanceledError
@@ -77,6 +77,8 @@ def build_environment(target: ComputeTarget, environment: Environment | None,
         logger.info(line)
 
     try:
+        for note in environment.build_notes() if environment else []:
+            on_line(note)
         return target.prepare(environment, on_line, stop=lambda: bool(
             watchdog and watchdog.cancel_reason))
     finally:
@@ -277,6 +279,7 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
     if run_id is None:
         if config is None:
             raise ValueError("submit_run needs config= (or run_id= of a prepared run)")
+        check_submittable(config)
         if compute_target:
             config = config.model_copy(update={"compute_target": compute_target})
         secrets = {**(config.environment.secrets() if config.environment else {}), **secrets}

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import runner
 from .compute.registry import saved_target_name, target_name
-from .config import ScriptRunConfig
+from .config import ScriptRunConfig, check_submittable
 from .errors import ConfigurationError
 from .git import git_provenance
 from .records import Runner, RunRecord, RunStatus
@@ -57,10 +57,11 @@ def resubmit(store: RunStore, old: RunRecord, tags: dict[str, str]) -> str:
 
 
 def as_script_run_config(config: Any) -> ScriptRunConfig:
-    if isinstance(config, ScriptRunConfig):
-        return config
     if hasattr(config, "to_script_run_config"):
-        return config.to_script_run_config()
+        config = config.to_script_run_config()
+    if isinstance(config, ScriptRunConfig):
+        check_submittable(config)
+        return config
     raise ConfigurationError(
         f"submit() takes a ScriptRunConfig (or an Estimator), not {type(config).__name__}")
 

@@ -151,6 +151,10 @@ class DaskCompute(ComputeTarget):
                 stop: Stop = never) -> Prepared:
         """Nothing is built here: the packages are pinned once, and each worker finds or
         builds that environment for itself."""
+        if environment and environment.docker.enabled:
+            on_line("docker.enabled is ignored on Dask compute: each worker runs the script "
+                    "in a virtualenv it builds; submit to a DockerCompute target to run it "
+                    "in a container")
         spec = environment.build_spec() if environment and environment.needs_build else None
         lock = resolve_lock(spec, Steps(on_line, stop)) if spec else None
         return Prepared(WORKER_PYTHON, lock=lock, record={

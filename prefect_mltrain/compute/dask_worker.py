@@ -22,7 +22,7 @@ from typing import Any
 
 from ..environment_build import BuildSpec, build_environment
 from ..files import changed_files
-from .jobs import run_context_path, unzip, zip_files
+from .jobs import script_env, unzip, zip_files
 from .process import GuardedProcess
 
 WORKER_PYTHON = "<worker-python>"  # argv[0] of a rank: the run's interpreter on its worker
@@ -88,9 +88,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
         env["MLTRAIN_RANK_ARGV"] = json.dumps(
             _with_python(json.loads(env["MLTRAIN_RANK_ARGV"]), python))
         env.update(mpi_node_env())  # as this worker's machine allows
-    if python != sys.executable:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
-                                                          env.get("PYTHONPATH")]))
+    env = script_env(env, python)
     proc = GuardedProcess(_with_python(task.argv, python), cwd=str(src), env=env)
     folders = [(src / n, n) for n in task.collect] + [(stage, "stage")]
     seen: dict[str, tuple[int, int]] = {}

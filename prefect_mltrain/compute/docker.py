@@ -160,7 +160,8 @@ class DockerCompute(ComputeTarget):
         """One container of the run, with its folders mounted and its run label."""
         import docker
 
-        env = {**spec.run_env, **extra_env, "MLTRAIN_CONTEXT_DIR": STAGE, "PYTHONPATH": LIB}
+        env = {**spec.run_env, **extra_env, "MLTRAIN_CONTEXT_DIR": STAGE,  # see jobs.script_env
+               "PYTHONPATH": f"{LIB}/prefect_mltrain/bootstrap:{LIB}"}
         volumes = {spec.cwd: {"bind": SRC, "mode": "rw"},
                    spec.stage_dir: {"bind": STAGE, "mode": "rw"},
                    str(Path(__file__).resolve().parents[1]): {

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import os
 import queue
+import sys
 import threading
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -150,3 +151,17 @@ def run_context_path() -> str:
         tmp.symlink_to(package)
         tmp.replace(link)
     return str(folder)
+
+
+def script_env(env: Mapping[str, str], interpreter: str) -> dict[str, str]:
+    """The environment of a run's script processes, with its PYTHONPATH set.
+
+    First the bootstrap folder: its ``sitecustomize`` lets ``from azureml.core import Run``
+    find prefect-mltrain (see ``compat_finder``), in every process the script starts too.
+    Then, for an interpreter other than this one, the folder holding ``prefect_mltrain``.
+    """
+    lib = run_context_path()
+    parts = [os.path.join(lib, "prefect_mltrain", "bootstrap")]
+    if interpreter != sys.executable:  # it finds Run.get_context() here
+        parts.append(lib)
+    return {**env, "PYTHONPATH": os.pathsep.join([*parts, *filter(None, [env.get("PYTHONPATH")])])}

@@ -3,9 +3,6 @@ them when distributed), in a virtualenv built here."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 from ..distributed import (
     free_port,
     job_env,
@@ -19,7 +16,7 @@ from ..environment import Environment
 from ..environment_build import build_environment
 from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .gang import GangJob
-from .jobs import Job, run_context_path
+from .jobs import Job, script_env
 from .process import GuardedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -43,16 +40,17 @@ class LocalCompute(ComputeTarget):
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:
+        if environment and environment.docker.enabled:
+            on_line("docker.enabled is ignored on local compute: the script runs on this "
+                    "machine in its environment's virtualenv; submit to a DockerCompute "
+                    "target to run it in a container")
         spec = environment.build_spec() if environment else None
         built = build_environment(spec, on_line=on_line, stop=stop)
         return Prepared(built.interpreter, record={
             "name": environment.name if environment else "default", **built.record()})
 
     def launch(self, spec: LaunchSpec) -> Job:
-        env = dict(spec.env)
-        if spec.prepared.interpreter != sys.executable:  # it finds Run.get_context() here
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [run_context_path(),
-                                                              env.get("PYTHONPATH")]))
+        env = script_env(spec.env, spec.prepared.interpreter)
         plan = plan_ranks(spec.distributed)
         if plan is None:
             return GuardedProcess(spec.argv, cwd=spec.cwd, env=env)
