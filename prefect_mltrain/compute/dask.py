@@ -33,6 +33,10 @@ from .jobs import Job, unzip, zip_files
 from .placement import Placement, capacity, fit, place, survey
 
 BEAT_SECONDS = 5.0
+# A cluster made for a run and found big enough in Preparing, with its client: the run's
+# launch (in the same runner process) takes it, so the cluster starts once. One the run
+# never launches on is closed when the runner exits (by distributed).
+_CHECKED: dict[str, tuple[contextlib.ExitStack, Any]] = {}
 
 
 class DaskCompute(ComputeTarget):
@@ -141,8 +145,8 @@ class DaskCompute(ComputeTarget):
 
     def check(self, stop: Stop = never, distributed: Any = None) -> None:
         """The scheduler answers; a cluster made for the run is importable and, for a
-        distributed job, started once to see that it can hold it (an existing cluster may
-        still gain workers: that is judged at launch)."""
+        distributed job, started to see that it can hold it, then kept for the launch (an
+        existing cluster may still gain workers: that is judged at launch)."""
         if self.cluster_class:
             module = self.cluster_class.rpartition(".")[0]
             try:
@@ -153,17 +157,29 @@ class DaskCompute(ComputeTarget):
                     f"install {module.split('.')[0]} where runs start") from exc
             if distributed is None:
                 return
-        with contextlib.ExitStack() as resources:
+        resources = contextlib.ExitStack()
+        with resources:
             client = self.connect(resources, stop)
             if self.cluster_class:
-                self._started(client, stop)
-                plan = plan_ranks(distributed)
-                hosts = survey(client)
-                if not fit(hosts, plan, self.one_node_per_host):
-                    raise ComputeTargetUnavailableError(
-                        f"the cluster made for the run ({self.cluster_class}) is too small: "
-                        f"{capacity(hosts, plan, self.one_node_per_host)}. Give it more "
-                        "workers (cluster_kwargs), or lower node_count / process counts")
+                self._holds(client, plan_ranks(distributed), stop)
+                stale = _CHECKED.pop(self._made_key(), None)
+                _CHECKED[self._made_key()] = (resources.pop_all(), client)
+                if stale:
+                    stale[0].close()
+
+    def _made_key(self) -> str:
+        return json.dumps([self.cluster_class, self.cluster_kwargs], sort_keys=True,
+                          default=str)
+
+    def _holds(self, client, plan: RankPlan, stop: Stop) -> None:
+        """The cluster made for the run can hold the job, once its workers have started."""
+        self._started(client, stop)
+        hosts = survey(client)
+        if not fit(hosts, plan, self.one_node_per_host):
+            raise ComputeTargetUnavailableError(
+                f"the cluster made for the run ({self.cluster_class}) is too small: "
+                f"{capacity(hosts, plan, self.one_node_per_host)}. Give it more "
+                "workers (cluster_kwargs), or lower node_count / process counts")
 
     def _started(self, client, stop: Stop) -> None:
         """A cluster made for the run has the workers it asked for, or as many as joined
@@ -188,9 +204,10 @@ class DaskCompute(ComputeTarget):
             "spec_hash": spec.hash if spec else None, "lock": lock or ""})
 
     def launch(self, spec: LaunchSpec) -> Job:
-        resources = contextlib.ExitStack()
+        resources, client = _CHECKED.pop(self._made_key(), None) or (contextlib.ExitStack(),
+                                                                      None)
         try:
-            client = self.connect(resources, spec.stop)
+            client = client or self.connect(resources, spec.stop)
             plan = plan_ranks(spec.distributed) or RankPlan("single", 1, 1, [Slot(0, 0, 0)])
             if self.cluster_class:
                 self._started(client, spec.stop)
