@@ -18,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import groupby
 from typing import Any
 
 from .errors import ConfigurationError
@@ -215,13 +216,17 @@ def mpi_argv(plan: RankPlan, argv: list[str], hosts: list[str] | None = None,
              manual: bool = False) -> list[str]:
     """``mpiexec`` starting ``argv`` as the plan's ranks through the rank launcher.
 
-    ``hosts`` (one per node) places ``per_node`` ranks on each; ``manual`` makes mpiexec
-    print its per-node proxy commands for the target to start (how ranks reach Dask
-    workers and containers), and pass the proxies' environment rather than its own.
+    ``hosts`` (one per node) places ``per_node`` ranks on each; nodes that share a host
+    (side by side in ``hosts``) are one MPI host with their ranks together, as mpiexec
+    would merge them anyway (the rank launcher still numbers ``LOCAL_RANK`` per node).
+    ``manual`` makes mpiexec print its proxy commands, one per host, for the target to
+    start (how ranks reach Dask workers and containers), and pass the proxies'
+    environment rather than its own.
     """
     cmd = [mpiexec(), "-n", str(plan.world_size)]
     if hosts:
-        cmd += ["-hosts", ",".join(f"{h}:{plan.per_node}" for h in hosts)]
+        cmd += ["-hosts", ",".join(f"{h}:{len(list(nodes)) * plan.per_node}"
+                                   for h, nodes in groupby(hosts))]
     else:
         cmd += ["-ppn", str(plan.per_node)]
     if manual:  # the nodes' folders differ from ours: the rank launcher moves into them

@@ -342,7 +342,8 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
             store.set(experiment, run_id,
                       snapshot_id=snapshot(ws.url, config.source_directory))
         target = resolve_compute_target(config.compute_target)
-        target.check(stop=lambda: bool(watchdog.cancel_reason))
+        target.check(stop=lambda: bool(watchdog.cancel_reason),
+                     distributed=config.distributed_job_config)
         prepared = build_environment(target, config.environment, ws.url,
                                      run_dir(experiment, run_id), watchdog)
         store.move(experiment, run_id, RunStatus.STARTING, environment_build=prepared.record)

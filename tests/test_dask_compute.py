@@ -14,10 +14,12 @@ from test_distributed import (
     FAILING_RANK,
     MPI_ALLREDUCE,
     TORCH_ALLREDUCE,
+    _contracts,
     torch_environment,
 )
 
 from prefect_mltrain import (
+    ComputeTargetUnavailableError,
     Experiment,
     MpiConfiguration,
     PyTorchConfiguration,
@@ -25,6 +27,7 @@ from prefect_mltrain import (
     TensorflowConfiguration,
 )
 from prefect_mltrain.compute import DaskCompute
+from prefect_mltrain.distributed import plan_ranks
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -142,7 +145,8 @@ def test_too_few_workers_is_a_clear_error_not_a_hang(ws, tmp_path, dask_cluster)
     assert details["status"] == "Failed"
     assert [h["status"] for h in details["status_history"]][-2:] == ["Starting", "Failed"]
     assert details["error"].startswith("Starting: ")  # the phase the run was in
-    assert "need 3 host(s) with 2 free worker(s) each" in details["error"]
+    assert ("need 3 node(s) × 2 process(es) per node: 6 workers, 2 of them on one host for "
+            "each node; the cluster has 127.0.0.2: 2, 127.0.0.3: 2") in details["error"]
     assert "Add workers, or lower node_count" in details["error"]
 
 
@@ -216,3 +220,122 @@ def test_a_cancel_while_waiting_for_a_silent_scheduler_cancels_the_run(ws, tmp_p
     run.cancel()
     details = run.wait_for_completion(timeout=60, raise_on_error=False)
     assert details["status"] == "Canceled", details
+
+
+# -- one host, several nodes -------------------------------------------------------------------
+
+LOCAL_CLUSTER = {"n_workers": 4, "threads_per_worker": 1, "dashboard_address": None}
+
+
+@pytest.fixture(scope="module")
+def one_host_cluster():
+    """A real ``LocalCluster``: one host (127.0.0.1) with four worker processes."""
+    from distributed import LocalCluster
+
+    with LocalCluster(**LOCAL_CLUSTER) as cluster:
+        yield cluster.scheduler_address
+
+
+def _every_rank(run, tmp_path):
+    """Each rank's contract: rank 0's from outputs/, the others' from outputs/rank_N/."""
+    names = [n for n in run.get_file_names() if "/contract/" in n and n.startswith("outputs/")]
+    return {int(n.rsplit("/", 1)[1][:-5]): json.loads(
+        run.download_file(n, tmp_path / "every" / n).read_text()) for n in names}
+
+
+def test_nodes_take_distinct_hosts_first_then_share_them_side_by_side():
+    from prefect_mltrain.compute.placement import fit
+
+    hosts = {"a": ["tcp://a:1", "tcp://a:2", "tcp://a:3", "tcp://a:4"],
+             "b": ["tcp://b:1", "tcp://b:2", "tcp://b:3"]}
+    placement = fit(hosts, plan_ranks(MpiConfiguration(process_count_per_node=2,
+                                                       node_count=3)))
+    assert placement.hosts == ["a", "a", "b"] and placement.shared() == {"a": [0, 1]}
+    assert placement.workers == ["tcp://a:1", "tcp://a:2", "tcp://a:3", "tcp://a:4",
+                                 "tcp://b:1", "tcp://b:2"]
+    two = plan_ranks(MpiConfiguration(process_count_per_node=2, node_count=2))
+    assert fit(hosts, two).hosts == ["a", "b"]
+    assert fit({"a": hosts["a"]}, two, one_node_per_host=True) is None
+
+
+@pytest.mark.timeout(300)
+def test_mpi4py_allreduce_with_two_nodes_on_a_one_host_cluster(ws, tmp_path, one_host_cluster):
+    write_script(tmp_path / "p", "train.py", MPI_ALLREDUCE)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=one_host_cluster, worker_wait_seconds=5),
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=2)))
+    details = run.wait_for_completion(timeout=240)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"allreduce": 10}
+    contracts = _contracts(run, tmp_path)
+    assert [(c["RANK"], c["LOCAL_RANK"], c["NODE_RANK"], c["WORLD_SIZE"], c["MASTER_ADDR"])
+            for _, c in sorted(contracts.items())] == [
+        ("0", "0", "0", "4", "127.0.0.1"), ("1", "1", "0", "4", "127.0.0.1"),
+        ("2", "0", "1", "4", "127.0.0.1"), ("3", "1", "1", "4", "127.0.0.1")]
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    assert all(f"[rank {r}] allreduce=10" in log for r in range(4))
+    assert "nodes 0, 1 share host 127.0.0.1" in log
+
+
+@pytest.mark.timeout(600)
+def test_torch_gloo_all_reduce_with_two_nodes_on_a_cluster_made_for_the_run(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", TORCH_ALLREDUCE)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", environment=torch_environment(),
+        compute_target=DaskCompute(cluster_class="distributed.LocalCluster",
+                                   cluster_kwargs=LOCAL_CLUSTER, outputs_of_every_rank=True),
+        distributed_job_config=PyTorchConfiguration(communication_backend="gloo",
+                                                    process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=540)
+    assert details["status"] == "Completed", details
+    assert run.get_metrics() == {"all_reduce": 10.0}
+    contracts = _every_rank(run, tmp_path)
+    assert [(c["RANK"], c["LOCAL_RANK"], c["NODE_RANK"], c["WORLD_SIZE"], c["MASTER_ADDR"])
+            for _, c in sorted(contracts.items())] == [
+        ("0", "0", "0", "4", "127.0.0.1"), ("1", "1", "0", "4", "127.0.0.1"),
+        ("2", "0", "1", "4", "127.0.0.1"), ("3", "1", "1", "4", "127.0.0.1")]
+    assert len({c["pid"] for c in contracts.values()}) == 4
+    log = run.download_file("logs/std_log.txt", tmp_path / "l").read_text()
+    assert all(f"[rank {r}] all_reduce=10 world=4" in log for r in range(4))
+    assert "nodes 0, 1 share host 127.0.0.1" in log
+
+
+@pytest.mark.timeout(120)
+def test_one_node_per_host_on_a_one_host_cluster_is_a_clear_error(ws, tmp_path,
+                                                                  one_host_cluster):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py",
+        compute_target=DaskCompute(address=one_host_cluster, one_node_per_host=True,
+                                   worker_wait_seconds=1),
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    details = run.wait_for_completion(timeout=90, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"].startswith("Starting: ")
+    assert ("need 2 node(s) × 2 process(es) per node on 2 distinct host(s) "
+            "(one_node_per_host=True); the cluster has 127.0.0.1: 4") in details["error"]
+    assert "set one_node_per_host=False" in details["error"]
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_made_for_the_run_too_small_fails_at_once_in_preparing(ws, tmp_path):
+    write_script(tmp_path / "p", "train.py", "print('never')\n")
+    target = DaskCompute(cluster_class="distributed.LocalCluster", worker_wait_seconds=300,
+                         cluster_kwargs={**LOCAL_CLUSTER, "n_workers": 2})
+    job = PyTorchConfiguration(process_count=4, node_count=2)
+    run = Experiment(ws, "dask").submit(ScriptRunConfig(
+        source_directory=tmp_path / "p", script="train.py", compute_target=target,
+        distributed_job_config=job))
+    details = run.wait_for_completion(timeout=150, raise_on_error=False)
+    assert details["status"] == "Failed"
+    history = details["status_history"]
+    assert [h["status"] for h in history][-2:] == ["Preparing", "Failed"]
+    assert history[-1]["time"] - history[-2]["time"] < 60  # its start, not the 300 s wait
+    need = ("need 2 node(s) × 2 process(es) per node: 4 workers, 2 of them on one host for "
+            "each node; the cluster has 127.0.0.1: 2")
+    assert details["error"].startswith("Preparing: the cluster made for the run "
+                                       "(distributed.LocalCluster) is too small")
+    assert need in details["error"] and "Give it more workers" in details["error"]
+    with pytest.raises(ComputeTargetUnavailableError, match=re.escape(need)):
+        target.check(distributed=job)

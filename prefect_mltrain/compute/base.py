@@ -67,9 +67,10 @@ class ComputeTarget(Block):
 
     _block_schema_capabilities = ["launch"]
 
-    def check(self, stop: Stop = never) -> None:
-        """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now (and
-        ``RunCanceledError`` when ``stop()`` turns true while it waits to find out)."""
+    def check(self, stop: Stop = never, distributed: Any = None) -> None:
+        """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now, or
+        can never hold the ``distributed`` job (its configuration) — before anything is
+        built (and ``RunCanceledError`` when ``stop()`` turns true while it waits)."""
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:

@@ -1,7 +1,7 @@
 """The Dask target: the ranks of a run on the workers of a Dask cluster, one rank per worker.
 
-Workers stand for slots and their addresses for hosts: a job of ``node_count`` nodes needs
-that many hosts with ``per_node`` workers each, checked before any rank starts. The
+A node is a group of ``per_node`` workers on one host (``placement``), found before any
+rank starts; a cluster made for the run that cannot hold the job fails in Preparing. The
 snapshot travels to the workers with the tasks. The runner resolves the environment's
 pinned packages once; each worker finds or builds that environment itself. MPI jobs keep a
 real ``mpiexec`` on the runner and start its per-node proxies as tasks on the workers, so
@@ -30,8 +30,13 @@ from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .dask_worker import WORKER_PYTHON, RankTask, free_port_here, run_rank
 from .gang import GangJob, mpi_gang
 from .jobs import Job, unzip, zip_files
+from .placement import Placement, capacity, fit, place, survey
 
 BEAT_SECONDS = 5.0
+# A cluster made for a run and found big enough in Preparing, with its client: the run's
+# launch (in the same runner process) takes it, so the cluster starts once. One the run
+# never launches on is closed when the runner exits (by distributed).
+_CHECKED: dict[str, tuple[contextlib.ExitStack, Any]] = {}
 
 
 class DaskCompute(ComputeTarget):
@@ -58,7 +63,11 @@ class DaskCompute(ComputeTarget):
                                            description="Arguments of cluster_class.")
     connect_timeout_seconds: float = Field(30.0, description="How long to try the scheduler.")
     worker_wait_seconds: float = Field(
-        30.0, description="How long to wait for enough workers before failing the run.")
+        30.0, description="How long to wait for enough workers before failing the run (for "
+        "a cluster made for the run: for the workers it asked for).")
+    one_node_per_host: bool = Field(
+        False, description="Give every node of a job a host of its own, and fail when the "
+        "cluster has fewer hosts than nodes. By default nodes share a host when they must.")
     outputs_of_every_rank: bool = Field(
         False, description="Collect every rank's ./outputs under outputs/rank_N/ (rank 0's "
         "are always collected into outputs/).")
@@ -134,7 +143,10 @@ class DaskCompute(ComputeTarget):
                 f"cannot reach the Dask cluster {self.describe()}: {exc}. Start the scheduler "
                 "or fix address/scheduler_file/cluster_class of this compute target") from exc
 
-    def check(self, stop: Stop = never) -> None:
+    def check(self, stop: Stop = never, distributed: Any = None) -> None:
+        """The scheduler answers; a cluster made for the run is importable and, for a
+        distributed job, started to see that it can hold it, then kept for the launch (an
+        existing cluster may still gain workers: that is judged at launch)."""
         if self.cluster_class:
             module = self.cluster_class.rpartition(".")[0]
             try:
@@ -143,9 +155,43 @@ class DaskCompute(ComputeTarget):
                 raise ComputeTargetUnavailableError(
                     f"cluster_class {self.cluster_class!r} cannot be imported ({exc}): "
                     f"install {module.split('.')[0]} where runs start") from exc
-            return
-        with contextlib.ExitStack() as resources:
-            self.connect(resources, stop)
+            if distributed is None:
+                return
+        resources = contextlib.ExitStack()
+        with resources:
+            client = self.connect(resources, stop)
+            if self.cluster_class:
+                self._holds(client, plan_ranks(distributed), stop)
+                stale = _CHECKED.pop(self._made_key(), None)
+                _CHECKED[self._made_key()] = (resources.pop_all(), client)
+                if stale:
+                    stale[0].close()
+
+    def _made_key(self) -> str:
+        return json.dumps([self.cluster_class, self.cluster_kwargs], sort_keys=True,
+                          default=str)
+
+    def _holds(self, client, plan: RankPlan, stop: Stop) -> None:
+        """The cluster made for the run can hold the job, once its workers have started."""
+        self._started(client, stop)
+        hosts = survey(client)
+        if not fit(hosts, plan, self.one_node_per_host):
+            raise ComputeTargetUnavailableError(
+                f"the cluster made for the run ({self.cluster_class}) is too small: "
+                f"{capacity(hosts, plan, self.one_node_per_host)}. Give it more "
+                "workers (cluster_kwargs), or lower node_count / process counts")
+
+    def _started(self, client, stop: Stop) -> None:
+        """A cluster made for the run has the workers it asked for, or as many as joined
+        within ``worker_wait_seconds``: it will get no others."""
+        want = len(getattr(client.cluster, "requested", ()) or ())
+        deadline = time.monotonic() + self.worker_wait_seconds
+        while (len(client.scheduler_info(n_workers=-1)["workers"]) < want
+               and time.monotonic() < deadline):
+            if stop():
+                raise RunCanceledError(f"waiting for the workers of {self.describe()}: the "
+                                       "run was canceled")
+            time.sleep(0.25)
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:
@@ -162,46 +208,20 @@ class DaskCompute(ComputeTarget):
             "spec_hash": spec.hash if spec else None, "lock": lock or ""})
 
     def launch(self, spec: LaunchSpec) -> Job:
-        resources = contextlib.ExitStack()
+        resources, client = _CHECKED.pop(self._made_key(), None) or (contextlib.ExitStack(),
+                                                                      None)
         try:
-            client = self.connect(resources, spec.stop)
+            client = client or self.connect(resources, spec.stop)
             plan = plan_ranks(spec.distributed) or RankPlan("single", 1, 1, [Slot(0, 0, 0)])
-            placement = place(client, plan, self.worker_wait_seconds, self.describe())
+            if self.cluster_class:
+                self._started(client, spec.stop)
+            placement = place(client, plan, where=self.describe(),
+                              wait=0 if self.cluster_class else self.worker_wait_seconds,
+                              one_node_per_host=self.one_node_per_host, stop=spec.stop)
             return DaskJob(client, resources, plan, placement, spec, self)
         except BaseException:
             resources.close()
             raise
-
-
-def place(client, plan: RankPlan, wait: float, where: str) -> list[str]:
-    """A distinct worker per rank, the ranks of a node on one host, idle workers first;
-    fails before starting anything when the cluster is too small (after waiting ``wait``
-    seconds for workers)."""
-    deadline = time.monotonic() + wait
-    while True:
-        busy = {w: len(keys) for w, keys in client.processing().items()}
-        hosts: dict[str, list[str]] = {}
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        for address in sorted(workers, key=lambda w: (busy.get(w, 0), w)):
-            hosts.setdefault(workers[address].get("host") or address, []).append(address)
-        if plan.kind in ("tensorflow", "single"):  # tasks go anywhere, one per worker
-            anywhere = sorted((w for ws in hosts.values() for w in ws),
-                              key=lambda w: (busy.get(w, 0), w))
-            if len(anywhere) >= plan.world_size:
-                return anywhere[:plan.world_size]
-        else:
-            nodes = sorted((ws for ws in hosts.values() if len(ws) >= plan.per_node),
-                           key=lambda ws: sum(busy.get(w, 0) for w in ws[:plan.per_node])
-                           )[:plan.node_count]
-            if len(nodes) == plan.node_count:
-                return [nodes[s.node_rank][s.local_rank] for s in plan.slots]
-        if time.monotonic() >= deadline:
-            have = ", ".join(f"{h}: {len(ws)}" for h, ws in hosts.items()) or "no workers"
-            raise ComputeTargetUnavailableError(
-                f"{plan.describe()} need {plan.node_count} host(s) with {plan.per_node} "
-                f"free worker(s) each; the cluster {where} has {have} (workers per host). "
-                "Add workers, or lower node_count / process counts")
-        time.sleep(0.5)
 
 
 class DaskMember:
@@ -259,15 +279,20 @@ class DaskJob:
     """The run's ranks on the cluster: a gang of rank tasks (or mpiexec + node proxies)."""
 
     def __init__(self, client, resources: contextlib.ExitStack, plan: RankPlan,
-                 workers: list[str], spec: LaunchSpec, target: DaskCompute):
+                 placement: Placement, spec: LaunchSpec, target: DaskCompute):
         from distributed import Event, Variable
 
         self.client, self.resources, self.plan, self.spec = client, resources, plan, spec
         self.target, self.attempt = target, 0
         self.members: dict[str, DaskMember] = {}
+        workers = placement.workers
         self._notes = [f"[prefect-mltrain] {plan.describe()} on {client.scheduler.address}: "
                        + ", ".join(f"rank {s.rank} on {w}" for s, w in zip(plan.slots, workers,
                                                                          strict=True))]
+        self._notes += [f"[prefect-mltrain] nodes {', '.join(map(str, nodes))} share host "
+                        f"{host}: the cluster has fewer hosts than the job has nodes (each "
+                        "node's LOCAL_RANK still starts at 0)"
+                        for host, nodes in placement.shared().items()]
         self._stop_event = Event(f"mltrain-stop-{spec.run_id}", client=client)
         self._stop_event.clear()
         self._alive = Variable(f"mltrain-alive-{spec.run_id}", client=client)
@@ -279,8 +304,8 @@ class DaskJob:
         source = zip_files((p, p.relative_to(tree).as_posix())
                            for p in sorted(tree.rglob("*")) if p.is_file())
         self.snapshot = client.scatter(source, broadcast=True, workers=sorted(set(workers)))
-        self.master = workers[0].split("://")[-1].rsplit(":", 1)[0]  # rank 0's host
-        self.workers = workers
+        self.master = placement.hosts[0]  # rank 0's host
+        self.workers, self.hosts = workers, placement.hosts
         env = dict(spec.run_env)
         if plan.kind == "mpi":
             self.gang = self._start_mpi(env)
@@ -289,7 +314,8 @@ class DaskJob:
             self.gang = GangJob(lambda port: self._start_ranks(env, port),
                                 essential={f"rank {r}" for r in plan.essential},
                                 port=1 if single else self._port_on(workers[0]),
-                                retry_port=not single)
+                                retry_port=not single,
+                                new_port=lambda: self._port_on(workers[0]))
         self.pgid = None
 
     # -- starting ----------------------------------------------------------------------------
@@ -310,10 +336,12 @@ class DaskJob:
         self.members = {}
         self._stop_event.clear()
         tf = None
-        if self.plan.kind == "tensorflow":
-            tf = [f"{h}:{p}" for h, p in self.client.gather(
+        for _ in range(3 if self.plan.kind == "tensorflow" else 0):  # tasks may share a host:
+            tf = [f"{h}:{p}" for h, p in self.client.gather(  # their ports must differ
                 [self.client.submit(free_port_here, workers=[w], pure=False)
                  for w in self.workers])]
+            if len(set(tf)) == len(tf):
+                break
         for slot, worker in zip(self.plan.slots, self.workers, strict=True):
             rank_vars = {} if self.plan.kind == "single" else rank_env(
                 self.plan, slot, master_addr=self.master, master_port=port,
@@ -323,16 +351,18 @@ class DaskJob:
         return dict(self.members)
 
     def _start_mpi(self, env: dict[str, str]) -> GangJob:
-        """mpiexec here with the manual launcher; its per-node proxies as worker tasks."""
-        nodes = [self.workers[n * self.plan.per_node] for n in range(self.plan.node_count)]
-        hosts = [w.split("://")[-1].rsplit(":", 1)[0] for w in nodes]
-        node_env = {**env, **job_env(self.plan, self.master, self._port_on(nodes[0]),
+        """mpiexec here with the manual launcher; its proxies as worker tasks, one per host
+        (nodes sharing a host are one MPI host: their ranks are one proxy's)."""
+        firsts = [n for n, h in enumerate(self.hosts) if n == 0 or h != self.hosts[n - 1]]
+        proxies = [self.workers[n * self.plan.per_node] for n in firsts]
+        node_env = {**env, **job_env(self.plan, self.master, self._port_on(proxies[0]),
                                      self.spec.run_id),
                     "MLTRAIN_RANK_ARGV": json.dumps(self.spec.argv)}
         self.attempt += 1
-        return mpi_gang(self.plan, self.spec.argv, hosts, self.spec.cwd, self.spec.env,
-                        lambda n, proxy: DaskMember(self, self._task(f"node {n}", proxy,
-                                                                      node_env), nodes[n]))
+        return mpi_gang(self.plan, self.spec.argv, self.hosts, self.spec.cwd, self.spec.env,
+                        lambda n, proxy: DaskMember(self, self._task(f"node {firsts[n]}",
+                                                                     proxy, node_env),
+                                                    proxies[n]))
 
     # -- running ------------------------------------------------------------------------------
 

@@ -82,8 +82,8 @@ class DockerCompute(ComputeTarget):
                          registry=self.registry_url)
         return client
 
-    def check(self, stop: Stop = never) -> None:
-        self.client()
+    def check(self, stop: Stop = never, distributed: Any = None) -> None:
+        self.client()  # a container per node: any job fits
 
     def ensure_image(self, client, image: str) -> None:
         """The image is here, or pulled; else a clear error naming it."""

@@ -28,14 +28,14 @@ class GangJob:
     ``"node N"``); ``self_prefixed`` members print ``[rank N]`` themselves (``mpiexec``
     through the rank launcher). ``essential`` are the members whose successful exit ends
     the job (none: it runs until stopped). With ``retry_port`` a port clash starts every
-    member again on a new port."""
+    member again on a port from ``new_port`` (free on rank 0's host: here by default)."""
 
     def __init__(self, start: Callable[[int], dict[str, Job]], *, essential: set[str],
                  self_prefixed: frozenset[str] = frozenset(), port: int | None = None,
-                 retry_port: bool = True):
+                 retry_port: bool = True, new_port: Callable[[], int] = free_port):
         self._start, self.essential, self.self_prefixed = start, essential, self_prefixed
-        self.retry_port = retry_port
-        self.port = port or free_port()
+        self.retry_port, self._new_port = retry_port, new_port
+        self.port = port or new_port()
         self._attempts = 0
         self._pending: list[str] = []
         self._launch()
@@ -77,7 +77,7 @@ class GangJob:
                 self._pending.append(f"[prefect-mltrain] rendezvous port {self.port} is in "
                                      "use; starting the ranks again on a new port")
                 self._stop_all(5.0)
-                self.port = free_port()
+                self.port = self._new_port()
                 self._launch()
                 return None
             kind, _, number = label.partition(" ")
@@ -130,8 +130,9 @@ def mpi_gang(plan: RankPlan, argv: list[str], hosts: list[str], cwd: str,
              env: dict[str, str], start_node: Callable[[int, list[str]], Job]) -> GangJob:
     """An MPI job whose nodes are elsewhere (containers, Dask workers): ``mpiexec`` here
     with the manual launcher, and ``start_node(n, proxy_argv)`` for the proxy command it
-    asks to be started on ``hosts[n]``. The ranks form their own MPI world; the job ends
-    with mpiexec, which prints their ``[rank N]`` lines."""
+    asks to be started on its n-th host (``hosts`` has one per node; nodes side by side on
+    one host share a proxy). The ranks form their own MPI world; the job ends with
+    mpiexec, which prints their ``[rank N]`` lines."""
     mpiexec = GuardedProcess(mpi_argv(plan, argv, hosts=hosts, manual=True), cwd=cwd, env=env)
     lines: list[str] = []
     deadline = time.monotonic() + MPIEXEC_START_SECONDS
