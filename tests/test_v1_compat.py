@@ -225,6 +225,62 @@ def test_v1_submit_code_runs_with_only_an_import_line_added(tmp_path):
     assert "STATUS Completed v1" in out.stdout
 
 
+V1_PROJECT = """
+    from azureml.core.run import Run
+
+    run = Run.get_context()
+    run.log('Kernel type', 'linear')
+    run.log('Penalty', 1.0)
+    for i in range(2):
+        child = run.child_run(name=f'child {i}')
+        child.log('Hello from child run ', i)
+        child.complete()
+    run.log_table('ROC: train', {'fpr': [0.0, 0.5, 1.0], 'tpr': [0.0, 0.8, 1.0]})
+    run.log_confusion_matrix('Confusion matrix', {
+        'schema_type': 'confusion_matrix', 'schema_version': '1.0.0',
+        'data': {'class_labels': ['0', '1'], 'matrix': [[5, 1], [2, 7]]}})
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_a_v1_project_runs_end_to_end_with_only_the_import_line_changed(tmp_path):
+    """One v1 project as a migrating user brings it: a script with spaced metric names,
+    children, a table and a confusion matrix; driver code written positionally, with
+    ``run_config.*``; Azure's recursive metrics shape read back."""
+    project_folder = tmp_path / "proj"
+    write_script(project_folder, "train.py", V1_PROJECT)
+    (tmp_path / "mltrain.json").write_text(json.dumps({"url": str(tmp_path / "ws")}))
+    driver = f"""
+        import json
+        import prefect_mltrain.compat
+        from azureml.core import Workspace, Experiment, ScriptRunConfig
+
+        ws = Workspace.from_config()
+        src = ScriptRunConfig({str(project_folder)!r}, 'train.py', arguments=None)
+        src.run_config.target = 'local'
+        src.run_config.max_run_duration_seconds = 200
+        run = Experiment(ws, 'svm').submit(src)
+        run.wait_for_completion(show_output=False)
+        children = {{c.id: (c.get_status(), c.get_metrics()) for c in run.get_children()}}
+        print(json.dumps({{"status": run.get_status(), "id": run.id, "children": children,
+                          "metrics": run.get_metrics(recursive=True)}}))
+    """
+    out = python(driver, cwd=tmp_path, timeout=250)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "Completed"
+    children = result["children"]
+    assert sorted(children.values(), key=lambda c: c[1]["Hello from child run "]) == [
+        ["Completed", {"Hello from child run ": 0}], ["Completed", {"Hello from child run ": 1}]]
+    metrics = result["metrics"]
+    assert set(metrics) == {result["id"], *children}  # Azure's shape: {run_id: metrics}
+    own = metrics[result["id"]]
+    assert own["Kernel type"] == "linear" and own["Penalty"] == 1.0
+    assert own["ROC: train"] == {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.8, 1.0]}
+    assert own["Confusion matrix"]["data"]["matrix"] == [[5, 1], [2, 7]]
+
+
 # -- 3. ScriptRunConfig as Azure's docs write it ---------------------------------------------
 
 @pytest.fixture
