@@ -150,8 +150,10 @@ class ScriptRunConfig(_Model):
     def _paths_to_str(cls, value: Any) -> Any:
         if value is None:  # v1's default
             return []
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
-            raise ValueError("arguments must be a list, e.g. ['--lr', 0.01]")
+        if isinstance(value, str):  # v1 takes "list or str": a string is split as a shell would
+            return shlex.split(value)
+        if not isinstance(value, list | tuple):
+            raise ValueError("arguments must be a list (or one string), e.g. ['--lr', 0.01]")
         return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
 
     @field_validator("framework", mode="before")

@@ -46,7 +46,7 @@ def test_command_instead_of_script(proj):
     ({"script": "train.py", "command": ["python"]}, "exactly one of script= or command="),
     ({"script": "train.py", "max_run_duration_seconds": 0}, "greater than 0"),
     ({"script": "train.py", "max_run_duration_seconds": "soon"}, "valid integer"),
-    ({"script": "train.py", "arguments": "--lr 0.1"}, "arguments must be a list"),
+    ({"script": "train.py", "arguments": {"--lr": 0.1}}, "arguments must be a list"),
     ({"script": "train.py", "compute_target": 42}, "compute_target must be"),
     ({"script": "train.py", "scirpt": "x"}, "Extra inputs are not permitted"),
 ])
@@ -55,6 +55,11 @@ def test_bad_config_is_a_clear_error_at_construction(proj, kwargs, message):
     kwargs = {"source_directory": proj, **kwargs}
     with pytest.raises(ValidationError, match=message):
         ScriptRunConfig(**kwargs)
+
+
+def test_arguments_as_one_string_are_split_as_a_shell_would_as_v1_takes_them(proj):
+    config = ScriptRunConfig(proj, "train.py", arguments="--lr 0.1 --name 'a b'")
+    assert config.arguments == ["--lr", "0.1", "--name", "a b"]
 
 
 def test_source_directory_that_is_a_file(proj):
