@@ -272,12 +272,12 @@ class Workspace:
         folder, _, name = rel.rpartition("/")
         lock = self.path(folder, f".{name}.lock")
         self.fs.makedirs(self.path(folder), exist_ok=True)
-        token = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "time": time.time(), "id": uuid.uuid4().hex}).encode()
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
         deadline, pause = time.monotonic() + timeout, 0.005
         while True:
-            try:
-                self.fs.pipe_file(lock, token, mode="create")
+            try:  # the lease starts when the lock is taken, not when the wait began
+                self.fs.pipe_file(lock, json.dumps({**owner, "time": time.time()}).encode(),
+                                  mode="create")
                 break
             except FileExistsError:
                 self._break_if_stale(lock)
@@ -290,15 +290,23 @@ class Workspace:
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(lock)
+            if self._lock_owner(lock) == owner["id"]:  # never release a lock taken since
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(lock)
+
+    def _lock_owner(self, lock: str) -> str | None:
+        try:
+            return json.loads(self.fs.cat_file(lock)).get("id")
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _break_if_stale(self, lock: str) -> None:
         try:
             held = json.loads(self.fs.cat_file(lock))
         except (FileNotFoundError, ValueError):
             return  # released meanwhile, or being written: judge it by the next look
-        if time.time() - float(held.get("time", 0)) > LOCK_LEASE_SECONDS:
+        if time.time() - float(held.get("time", 0)) > LOCK_LEASE_SECONDS \
+                and self._lock_owner(lock) == held.get("id"):  # still the stale one
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(lock)
 

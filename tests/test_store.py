@@ -89,6 +89,36 @@ def test_a_lock_left_by_a_dead_writer_is_broken(ws, monkeypatch):
     assert not ws.exists(lock)
 
 
+def test_a_writer_that_waited_longer_than_the_lease_still_holds_the_lock_alone(ws, monkeypatch):
+    """The lease counts from when the lock was taken: a writer that queued behind others
+    for longer than the lease must not look stale the moment it gets in (a loaded machine
+    made a third writer break in, and updates were lost)."""
+    from prefect_mltrain import workspace
+
+    monkeypatch.setattr(workspace, "LOCK_LEASE_SECONDS", 1.0)
+    inside, overlaps = [], []
+
+    def hold(seconds):
+        with ws.lock("shared.json"):
+            if inside:
+                overlaps.append(list(inside))
+            inside.append(threading.get_ident())
+            time.sleep(seconds)
+            inside.remove(threading.get_ident())
+
+    first = threading.Thread(target=hold, args=(0.8,))  # within the lease
+    first.start()
+    time.sleep(0.1)
+    queued = threading.Thread(target=hold, args=(0.8,))  # waits 0.7 s, then holds 0.8 s
+    queued.start()
+    time.sleep(1.1)  # the queued writer is inside; its wait began more than a lease ago
+    late = threading.Thread(target=hold, args=(0.1,))
+    late.start()
+    for t in (first, queued, late):
+        t.join(10)
+    assert overlaps == []
+
+
 def test_an_ended_run_stays_ended(ws):
     store = RunStore(ws)
     record = store.create("final", status=RunStatus.RUNNING)
