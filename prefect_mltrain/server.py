@@ -9,9 +9,11 @@ Prefect profile) to use your own server or Prefect Cloud instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from .files import atomic_write
 from .home import mltrain_home
 
 START_TIMEOUT_SECONDS = 120
+BUSY_SECONDS = 30.0  # how long a live server may take to answer before it is replaced
 DEFAULT_PORT = 4200
 
 
@@ -73,12 +76,39 @@ def ui_url() -> str | None:
 
 
 def running_server() -> dict | None:
-    """The embedded server's ``{"api_url", "ui_url", "pid"}`` when it answers, else None."""
+    """The embedded server's ``{"api_url", "ui_url", "pid"}`` when it answers, else None.
+
+    A server whose process lives but answers slowly (a loaded machine) is waited for, up to
+    ``BUSY_SECONDS``: starting a second one would split the runs between two servers.
+    """
+    info = _recorded()
+    if info is None or healthy(info["api_url"]):
+        return info
+    deadline = time.monotonic() + BUSY_SECONDS
+    while _alive(info.get("pid")) and time.monotonic() < deadline:
+        if healthy(info["api_url"], timeout=5.0):
+            return info
+        time.sleep(0.5)
+    return None
+
+
+def _recorded() -> dict | None:
     try:
-        info = json.loads((_state_dir() / "server.json").read_text())
+        return json.loads((_state_dir() / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    return info if healthy(info["api_url"]) else None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live Prefect process (not a zombie, nor a reused pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid) if pid else None
+        return bool(process and process.status() != psutil.STATUS_ZOMBIE
+                    and "prefect" in " ".join(process.cmdline()))
+    except psutil.Error:
+        return False
 
 
 def _free_port() -> int:
@@ -105,15 +135,16 @@ def ensure_server() -> dict:
         info = running_server()
         if info:
             return info
+        silent = _recorded()
+        if silent and _alive(silent.get("pid")):  # alive, but silent for BUSY_SECONDS
+            with contextlib.suppress(OSError):
+                os.killpg(silent["pid"], signal.SIGKILL)
         port = _free_port()
         api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
         print(f"prefect-mltrain: starting the local Prefect server at {ui_url} (once; it "
               "takes ~20 s, later commands reuse it)", file=sys.stderr, flush=True)
         env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_API_URL": "",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url,
-               # SQLite takes one writer at a time: under many runs at once a statement waits
-               # for the lock longer than Prefect's 10 s default, and the client gets a 503
-               "PREFECT_API_DATABASE_TIMEOUT": "60", "PREFECT_API_DATABASE_CONNECTION_TIMEOUT": "30"}
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url}
         with open(state / "server.log", "ab") as log:
             proc = subprocess.Popen(
                 [_prefect_executable(), "server", "start", "--host", "127.0.0.1",
