@@ -299,7 +299,8 @@ def submit_run(experiment: str, config: ScriptRunConfig | None = None,
              "log_tail": outcome.get("log_tail")}
     if "local_files" in outcome:  # the script ran: its files were stored, or are kept
         final["local_files"] = outcome["local_files"]
-    if healthy(PREFECT_API_URL.value() or "", timeout=5):
+    api_url = PREFECT_API_URL.value()
+    if not api_url or healthy(api_url, timeout=5):  # no URL: Prefect's own ephemeral server
         try:
             collect_artifacts(ws.url, experiment, run_id, {**final, "status": outcome["status"]},
                               _masked(ws, secrets))

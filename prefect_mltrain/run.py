@@ -395,23 +395,24 @@ class Run:
     def get_details(self) -> dict[str, Any]:
         """The run record (status, timings, exit code, error, log tail, snapshot, flow run),
         with Azure ML's camelCase keys beside it (see the class docstring)."""
-        record = self._record()
+        record, events = self._record(), self._events()  # each read once
         details = record.model_dump(mode="json")
-        details["tags"] = self._tags(details["tags"])
+        details["tags"] = event_lines.tags(events, record.tags)
         details["flow_run_url"] = self._portal_url(record)
         if details.get("started_at") and details.get("ended_at"):
             details["duration_seconds"] = details["ended_at"] - details["started_at"]
-        details.update(self._azure_details(record))
+        details.update(self._azure_details(
+            record, {**event_lines.properties(events), **record.properties}))
         return details
 
-    def _azure_details(self, record: Any) -> dict[str, Any]:
+    def _azure_details(self, record: Any, properties: dict[str, str]) -> dict[str, Any]:
         target = record.compute_target
         if isinstance(target, dict):
             target = target.get("name") or target.get("type")
         ws, files = self.experiment.workspace, self.get_file_names()
         local = ws.protocol in ("file", "local")
         out = {"runId": self.id, "target": target or "local", "status": record.status.value,
-               "properties": self.get_properties(), "inputDatasets": [],
+               "properties": properties, "inputDatasets": [],
                "runDefinition": record.config.model_dump(mode="json") if record.config else {},
                "logFiles": {name: ws.path(f"{self._dir}/{name}") if local
                             else ws.fs.unstrip_protocol(ws.path(f"{self._dir}/{name}"))
@@ -511,11 +512,10 @@ class Run:
         and tables, the logged document for a confusion matrix and the like (Azure's
         ``populate=True``). ``recursive``: ``{run_id: metrics}`` of this run and every
         descendant, as in Azure."""
-        if recursive:
-            found = {self.id: self.get_metrics(name)}
-            for child in self.get_children():
-                found.update(child.get_metrics(name, recursive=True))
-            return found
+        if recursive:  # the experiment's records read once, not once per child
+            runs = [self, *(Run(self.experiment, r.run_id) for r in
+                            self._store.descendants(self.experiment.name, self.id))]
+            return {run.id: run.get_metrics(name) for run in runs}
         return event_lines.metrics(self._events(), name)
 
     def get_tags(self) -> dict[str, str]:
@@ -531,12 +531,12 @@ class Run:
         return {**event_lines.properties(self._events()), **self._recorded_properties()}
 
     def _recorded_properties(self) -> dict[str, str]:
-        if self._stage is None:
-            return self._record().properties
-        try:  # inside a script whose environment may not reach the workspace
+        try:
             return self._record().properties
         except Exception:
-            return {}
+            if self._stage is None:
+                raise
+            return {}  # inside a script whose environment may not reach the workspace
 
     def get_file_names(self) -> list[str]:
         """Files stored with the run (``outputs/``, ``logs/``, uploads, images)."""

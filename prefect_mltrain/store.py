@@ -163,19 +163,24 @@ class RunStore:
         """End every descendant of an ended run that has not ended (Canceled when the parent
         was canceled, else Failed, with the error "parent run ended"), so no child is left
         Running; returns their ids."""
+        status = RunStatus.CANCELED if canceled else RunStatus.FAILED
+        return [child.run_id for child in self.descendants(experiment, run_id)
+                if not child.finished and self.move(experiment, child.run_id, status,
+                                                    error="parent run ended").status == status]
+
+    def descendants(self, experiment: str, run_id: str) -> list[RunRecord]:
+        """Every run below ``run_id`` (children, theirs, ...), parents before their
+        children, from one read of the experiment's records."""
         kids: dict[str, list[RunRecord]] = {}
         for record in self.records(experiment):
             if record.parent_run_id:
                 kids.setdefault(record.parent_run_id, []).append(record)
-        status = RunStatus.CANCELED if canceled else RunStatus.FAILED
-        ended, todo = [], list(kids.get(run_id, []))
+        found, todo = [], list(kids.get(run_id, []))
         while todo:
-            child = todo.pop()
+            child = todo.pop(0)
+            found.append(child)
             todo.extend(kids.get(child.run_id, []))
-            if not child.finished and self.move(experiment, child.run_id, status,
-                                                error="parent run ended").status == status:
-                ended.append(child.run_id)
-        return ended
+        return found
 
     # -- finding runs -------------------------------------------------------------------------
 
