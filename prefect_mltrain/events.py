@@ -114,3 +114,23 @@ def latest(events: list[dict[str, Any]], kind: str) -> Any:
     """The value of the last event of type ``kind`` (e.g. a new display name), or None."""
     found = [e for e in events if e.get("type") == kind]
     return max(found, key=lambda e: e.get("time", 0))["value"] if found else None
+
+
+class EventTail:
+    """The complete event lines added to some ``*.jsonl`` files since the last ``read``:
+    a reader that looks every few seconds reads each byte once, not the whole log again."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[Path, int] = {}
+
+    def read(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
+        chunks = []
+        for path in sorted(paths):
+            start = self.offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]  # a line being written waits
+            self.offsets[path] = start + len(complete)
+            chunks.append(complete)
+        return parse(chunks)

@@ -203,7 +203,10 @@ class RunSync:
             (self.stage_runs, runs_dir(experiment), _owned_by_the_runner),
         ])
         self._children: dict[str, tuple[str, ...]] = {}  # child -> its last recorded life
+        self._tails: dict[str, event_lines.EventTail] = {}  # run -> its events read so far
+        self._lives: dict[str, list[dict[str, Any]]] = {}  # child -> its ``run`` events
         self._names: dict[str, str] = {}  # run -> the display name it last gave itself
+        self._recorded_names: dict[str, str] = {}  # run -> the display name in its record
 
     def sync(self) -> None:
         self.folders.sync()
@@ -216,14 +219,18 @@ class RunSync:
             return
         for folder in sorted(self.stage_runs.iterdir()):
             files = [f for f in (folder / EVENTS).glob("*.jsonl") if not is_partial(f.name)]
-            events = event_lines.parse(f.read_bytes() for f in files)
+            events = self._tails.setdefault(folder.name, event_lines.EventTail()).read(files)
             if folder.name != self.run_id:
-                self._record_child(folder.name, [e for e in events if e.get("type") == "run"])
-            name = event_lines.latest(events, "display_name")
-            if name is not None and self._names.get(folder.name) != name and (
+                life = self._lives.setdefault(folder.name, [])
+                life.extend(e for e in events if e.get("type") == "run")
+                self._record_child(folder.name, life)
+            if (name := event_lines.latest(events, "display_name")) is not None:
+                self._names[folder.name] = name
+            name = self._names.get(folder.name)
+            if name is not None and self._recorded_names.get(folder.name) != name and (
                     folder.name == self.run_id or folder.name in self._children):
                 self.store.set(self.experiment, folder.name, display_name=name)
-                self._names[folder.name] = name
+                self._recorded_names[folder.name] = name
 
     def _record_child(self, child: str, life: list[dict[str, Any]]) -> None:
         if not life:

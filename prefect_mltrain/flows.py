@@ -157,7 +157,7 @@ class ProgressArtifact:
     METRIC = "progress"
 
     def __init__(self, events: Path):
-        self.events, self.offsets, self.artifact_id = events, {}, None
+        self.events, self.tail, self.artifact_id = events, event_lines.EventTail(), None
 
     def __call__(self) -> None:
         try:
@@ -167,15 +167,9 @@ class ProgressArtifact:
 
     def _update(self) -> None:
         latest = None
-        for path in sorted(self.events.glob("*.jsonl")):
-            with open(path, "rb") as f:
-                f.seek(self.offsets.get(path, 0))
-                data = f.read()
-            complete = data[:data.rfind(b"\n") + 1]
-            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
-            for event in event_lines.parse([complete]):
-                if event.get("name") == self.METRIC and isinstance(event.get("value"), int | float):
-                    latest = event["value"]
+        for event in self.tail.read(self.events.glob("*.jsonl")):
+            if event.get("name") == self.METRIC and isinstance(event.get("value"), int | float):
+                latest = event["value"]
         if latest is None:
             return
         percent = max(0.0, min(100.0, latest * 100 if latest <= 1 else latest))
