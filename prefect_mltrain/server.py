@@ -69,10 +69,8 @@ def ui_url() -> str | None:
         return os.environ["PREFECT_UI_URL"].rstrip("/")
     if configured_api_url():
         return None
-    try:
-        return json.loads((_state_dir() / "server.json").read_text())["ui_url"]
-    except (OSError, ValueError, KeyError):
-        return None
+    info = _recorded()
+    return info.get("ui_url") if info else None
 
 
 def running_server() -> dict | None:
