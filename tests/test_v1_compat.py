@@ -61,11 +61,22 @@ def python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None
 
 # -- 2. azureml imports ---------------------------------------------------------------------
 
+def run_v1_script(ws, tmp_path, **config):
+    """V1_TRAIN submitted with ``config``: it completes with the expected metrics; returns
+    the run and its std log."""
+    write_script(tmp_path / "p", "train.py", V1_TRAIN)
+    run = Experiment(ws, "v1").submit(ScriptRunConfig(tmp_path / "p", "train.py", **config))
+    details = run.wait_for_completion(timeout=240, raise_on_error=False)
+    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
+    assert details["status"] == "Completed", log
+    assert run.get_metrics() == EXPECTED
+    return run, log
+
+
 @pytest.mark.usefixtures("prefect_server")
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["default", "built", "other-interpreter"])
 def test_v1_script_runs_unchanged_on_local_compute(ws, tmp_path, kind):
-    write_script(tmp_path / "p", "train.py", V1_TRAIN)
     env = None
     if kind == "built":  # a virtualenv without prefect-mltrain in it
         env = Environment.get(ws, "AzureML-Minimal")
@@ -77,12 +88,7 @@ def test_v1_script_runs_unchanged_on_local_compute(ws, tmp_path, kind):
         env = Environment("system-python")
         env.python.user_managed_dependencies = True
         env.python.interpreter_path = other
-    run = Experiment(ws, "v1").submit(ScriptRunConfig(tmp_path / "p", "train.py",
-                                                      environment=env))
-    details = run.wait_for_completion(timeout=240, raise_on_error=False)
-    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
-    assert details["status"] == "Completed", log
-    assert run.get_metrics() == EXPECTED
+    run, log = run_v1_script(ws, tmp_path, environment=env)
     assert "child prefect_mltrain.run" in log
     if kind == "built":
         build_log = run.download_file("logs/environment_build.log", tmp_path / "b").read_text()
@@ -96,17 +102,11 @@ def test_v1_script_runs_unchanged_on_local_compute(ws, tmp_path, kind):
 def test_v1_script_runs_unchanged_in_a_container(ws, tmp_path, docker_engine):
     from prefect_mltrain.compute import DockerCompute
 
-    write_script(tmp_path / "p", "train.py", V1_TRAIN)
     env = Environment("v1-docker")
     env.python.user_managed_dependencies = True  # the image's python3, nothing installed
     env.docker.base_image = BASE_IMAGE
-    run = Experiment(ws, "v1").submit(ScriptRunConfig(
-        tmp_path / "p", "train.py", environment=env,
-        compute_target=DockerCompute(image=BASE_IMAGE, network_mode="host")))
-    details = run.wait_for_completion(timeout=240, raise_on_error=False)
-    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
-    assert details["status"] == "Completed", log
-    assert run.get_metrics() == EXPECTED
+    run_v1_script(ws, tmp_path, environment=env,
+                  compute_target=DockerCompute(image=BASE_IMAGE, network_mode="host"))
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -114,13 +114,7 @@ def test_v1_script_runs_unchanged_in_a_container(ws, tmp_path, docker_engine):
 def test_v1_script_runs_unchanged_on_dask(ws, tmp_path, dask_cluster):
     from prefect_mltrain.compute import DaskCompute
 
-    write_script(tmp_path / "p", "train.py", V1_TRAIN)
-    run = Experiment(ws, "v1").submit(ScriptRunConfig(
-        tmp_path / "p", "train.py", compute_target=DaskCompute(address=dask_cluster)))
-    details = run.wait_for_completion(timeout=240, raise_on_error=False)
-    log = run.download_file("logs/std_log.txt", tmp_path / "log").read_text()
-    assert details["status"] == "Completed", log
-    assert run.get_metrics() == EXPECTED
+    run_v1_script(ws, tmp_path, compute_target=DaskCompute(address=dask_cluster))
 
 
 @pytest.mark.usefixtures("prefect_server")
