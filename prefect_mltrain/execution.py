@@ -84,9 +84,10 @@ class Watchdog(threading.Thread):
 
                 if cancelling(self.flow_run_id):
                     self.cancel_reason = "canceled from Prefect"
-        if self.cancel_reason is None and self.store.cancel_requested(self.experiment,
-                                                                      self.run_id):
-            self.cancel_reason = "canceled by request (run.cancel())"
+        if self.cancel_reason is None:
+            request = self.store.cancel_request(self.experiment, self.run_id)
+            if request is not None:
+                self.cancel_reason = request.get("reason") or "canceled by request (run.cancel())"
 
     def stop(self) -> None:
         self._stop.set()

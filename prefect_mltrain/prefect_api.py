@@ -129,3 +129,36 @@ def cancelling(flow_run_id: str) -> bool:
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run_id).state
     return state is not None and state.type.value in ("CANCELLING", "CANCELLED")
+
+
+def subflow_run(flow: Any, name: str, parameters: dict[str, Any]) -> tuple[str, str] | None:
+    """A flow run of ``flow`` made now, to be run by another process, shown in Prefect as a
+    subflow of the current flow run (as ``run_deployment`` links its runs): a task run
+    stands for it in the parent. Returns (flow run id, task run id); None outside a flow."""
+    from prefect import Task
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Pending
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    placeholder = Task(name=name, fn=lambda: None)
+    placeholder.task_key = f"mltrain-trial-{name}"
+    with get_client(sync_client=True) as client:
+        task_run = client.create_task_run(task=placeholder, flow_run_id=context.flow_run.id,
+                                          dynamic_key=name, state=Pending())
+        flow_run = client.create_flow_run(flow, name=name, parameters=parameters,
+                                          parent_task_run_id=task_run.id, state=Pending(),
+                                          tags=["mltrain", "trial"])
+    return str(flow_run.id), str(task_run.id)
+
+
+def end_task_run(task_run_id: str, status: str, message: str | None = None) -> None:
+    """Set the task run that stands for a subflow to its run's ending."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Completed, Failed
+
+    state = {"Completed": Completed, "Canceled": Cancelled}.get(status, Failed)
+    with get_client(sync_client=True) as client:
+        client.set_task_run_state(task_run_id, state(message=message), force=True)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .config import ScriptRunConfig
+from .hyperdrive.config import SweepSpec
 
 
 class RunStatus(StrEnum):
@@ -83,6 +84,7 @@ class RunRecord(_Record):
     tags: dict[str, str] = Field(default_factory=dict)
     properties: dict[str, str] = Field(default_factory=dict)
     config: ScriptRunConfig | None = None  # None: an interactive run or a child run
+    hyperdrive: SweepSpec | None = None  # a sweep: config is what each trial runs
     snapshot_id: str | None = None
     snapshot_skipped: list[str] = Field(default_factory=list)
     git: dict[str, Any] | None = None

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -80,9 +81,11 @@ class Experiment:
         executes as a Prefect flow run, in a background process or on a worker of its
         compute target's work pool; follow it with ``run.wait_for_completion(show_output=True)``.
         """
+        from .hyperdrive.config import HyperDriveConfig
         from .submission import submit
 
-        return Run(self, submit(self.workspace, self.name, config, tags, properties))
+        kind = HyperDriveRun if isinstance(config, HyperDriveConfig) else Run
+        return kind(self, submit(self.workspace, self.name, config, tags, properties))
 
     def get_runs(self, include_children: bool = False, tags: dict[str, str] | None = None,
                  status: str | None = None) -> list[Run]:
@@ -377,10 +380,13 @@ class Run:
 
     @classmethod
     def get(cls, workspace: Any, run_id: str) -> Run:
-        """Find a run by id in any experiment of the workspace."""
+        """Find a run by id in any experiment of the workspace (a sweep: a ``HyperDriveRun``)."""
         from .store import RunStore
 
-        return cls(Experiment(workspace, RunStore(workspace).experiment_of(run_id)), run_id)
+        store = RunStore(workspace)
+        experiment = Experiment(workspace, store.experiment_of(run_id))
+        sweep = store.read(experiment.name, run_id).hyperdrive is not None
+        return (HyperDriveRun if sweep else cls)(experiment, run_id)
 
     def _record(self) -> Any:
         return self._store.read(self.experiment.name, self.id)
@@ -610,6 +616,144 @@ class Run:
         from .submission import resubmit
 
         return Run(self.experiment, resubmit(self._store, self._record(), self.get_tags()))
+
+
+class HyperDriveRun(Run):
+    """A hyperparameter sweep: its trials are its child runs (Azure ML v1's ``HyperDriveRun``).
+
+    Example:
+        ```python
+        hd_run = experiment.submit(hyperdrive_config)
+        hd_run.wait_for_completion(show_output=True)     # a live table of the trials
+        best = hd_run.get_best_run_by_primary_metric()
+        print(best.get_metrics(), hd_run.get_hyperparameters()[best.id])
+        ```
+    """
+
+    def _spec(self) -> Any:
+        return self._record().hyperdrive
+
+    def _trials(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every trial of this sweep (or of ``run_id``): id, hyperparameters, best primary
+        metric, status, in trial order."""
+        from .hyperdrive.controller import DRAW, primary_values, trial_parameters
+
+        spec, sweep_id = self._spec(), run_id or self.id
+        store = self._store
+        experiment = store.experiment_of(sweep_id) if run_id else self.experiment.name
+        best = max if spec.maximize else min
+        out = []
+        for record in store.records(experiment):
+            if record.parent_run_id != sweep_id or DRAW not in record.properties:
+                continue
+            values = primary_values(store.events(experiment, record.run_id),
+                                    spec.primary_metric_name)
+            out.append({"run_id": record.run_id, "hyperparameters": trial_parameters(record),
+                        "best_primary_metric": best(values) if values else None,
+                        "status": record.status.value, "experiment": experiment,
+                        "index": int(record.run_id.rsplit("_", 1)[1])})
+        return sorted(out, key=lambda t: t["index"])
+
+    def get_children_sorted_by_primary_metric(self, top: int = 0, reverse: bool = False,
+                                              discard_no_metric: bool = False
+                                              ) -> list[dict[str, Any]]:
+        """Trials best first by their best primary metric (``reverse``: worst first);
+        trials without it follow, unless ``discard_no_metric``; ``top``: at most that many."""
+        maximize = self._spec().maximize
+        trials = self._trials()
+        scored = sorted((t for t in trials if t["best_primary_metric"] is not None),
+                        key=lambda t: t["best_primary_metric"], reverse=maximize != reverse)
+        rest = [] if discard_no_metric else [t for t in trials if t["best_primary_metric"] is None]
+        rows = [{k: t[k] for k in ("run_id", "hyperparameters", "best_primary_metric", "status")}
+                for t in scored + rest]
+        return rows[:top] if top else rows
+
+    def get_best_run_by_primary_metric(self, include_failed: bool = True,
+                                       include_canceled: bool = True,
+                                       include_resume_from_runs: bool = True) -> Run | None:
+        """The trial with the best primary metric (of the sweeps resumed from too), or None."""
+        spec = self._spec()
+        trials = self._trials()
+        if include_resume_from_runs:
+            for earlier in spec.resume_from:
+                trials += self._trials(earlier)
+        trials = [t for t in trials if t["best_primary_metric"] is not None
+                  and (include_failed or t["status"] != "Failed")
+                  and (include_canceled or t["status"] != "Canceled")]
+        if not trials:
+            return None
+        pick = (max if spec.maximize else min)(trials, key=lambda t: t["best_primary_metric"])
+        return Run(Experiment(self.experiment.workspace, pick["experiment"]), pick["run_id"])
+
+    def get_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """``{trial run id: its hyperparameters}``."""
+        return {t["run_id"]: t["hyperparameters"] for t in self._trials()}
+
+    def get_metrics(self, name: str | None = None, recursive: bool = False,
+                    run_type: str | None = None, populate: bool = False) -> dict[str, Any]:
+        """``{trial run id: its metrics}``, as Azure's ``HyperDriveRun.get_metrics``."""
+        return {t["run_id"]: Run(self.experiment, t["run_id"]).get_metrics(name)
+                for t in self._trials()}
+
+    def cancel(self) -> None:
+        """Cancel the sweep and every trial that has not ended."""
+        from .watch import cancel
+
+        super().cancel()
+        for trial in self._trials():
+            if trial["status"] not in ("Completed", "Failed", "Canceled"):
+                cancel(self._store, self.experiment.name, trial["run_id"], "sweep canceled")
+
+    def resume(self) -> HyperDriveRun:
+        """Continue a sweep whose controller died (killed, or its machine restarted): the
+        trials that ended stay, those still going are followed again, those recorded but
+        never started start, and sampling goes on up to ``max_total_runs``."""
+        from .submission import SWEEP_FLOW, start
+        from .watch import Watcher
+
+        store = self._store
+        record = Watcher(store).settle(self._record())
+        if not record.finished:
+            raise RunFailedError(f"sweep {self.id} is {record.status.value} and its "
+                                 "controller is alive: nothing to resume")
+        record = store.reopen(self.experiment.name, self.id)
+        start(store, record, {}, None, flow=SWEEP_FLOW)
+        return self
+
+    def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
+                            poll_interval: float = 1.0, timeout: float | None = None
+                            ) -> dict[str, Any]:
+        """Block until the sweep ends; with ``show_output`` a live table of its trials."""
+        if not show_output:
+            return super().wait_for_completion(False, raise_on_error, poll_interval, timeout)
+        from rich.console import Console
+        from rich.live import Live
+
+        from .hyperdrive.report import rich_table
+        from .watch import LogFollower, Watcher
+
+        store, console = self._store, Console()
+        follower, watcher = LogFollower(store, self.experiment.name, self.id), Watcher(store)
+        deadline = time.monotonic() + timeout if timeout else None
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                record = watcher.settle(self._record())
+                for line in follower.new_lines():
+                    live.console.print(line, markup=False, highlight=False)
+                state = self._store.ws.read_json(f"{self._dir}/sweep.json", None)
+                if state:
+                    live.update(rich_table(state), refresh=True)
+                if record.finished:
+                    break
+                if deadline and time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep {self.id} still {record.status.value} "
+                                       f"after {timeout} s")
+                time.sleep(poll_interval)
+        console.print(f"Sweep {self.id}: {record.status.value}"
+                      + (f" ({record.error})" if record.error else ""), markup=False)
+        if raise_on_error and record.status == "Failed":
+            raise RunFailedError(f"sweep {self.id} failed: {record.error}")
+        return self.get_details()
 
 
 def _target_path(path: str | os.PathLike | None, default_name: str) -> Path:

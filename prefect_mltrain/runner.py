@@ -42,6 +42,8 @@ IDLE_SECONDS = 1800
 SERVER_CHECK_SECONDS = 30.0  # how often an idle warm runner checks that its server answers
 CONNECT_TIMEOUT_SECONDS = 10
 START_PATIENCE_SECONDS = 300.0  # how long a run stays Queued for a busy Prefect server
+SUBMIT_RUN = "prefect_mltrain.flows:submit_run"  # the flow of a run; a sweep names its own
+FLOW_RUN_VAR = "MLTRAIN_FLOW_RUN_ID"  # a flow run made beforehand (a sweep's trial, a subflow)
 _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 
 
@@ -73,45 +75,56 @@ def socket_path(env: dict[str, str]) -> Path | None:
     return path if len(str(path)) < 100 else None  # AF_UNIX paths are short
 
 
-def start(experiment: str, run_id: str, env: dict[str, str]) -> int:
-    """Start a runner for a prepared run (warm if one answers, else cold); its pid."""
+def start(experiment: str, run_id: str, env: dict[str, str], flow: str = SUBMIT_RUN) -> int:
+    """Start a runner for a prepared run (warm if one answers, else cold); its pid.
+    ``flow`` is the entrypoint (``module:function``) of the flow that runs it."""
     runs = mltrain_home() / "runs"  # each run's scratch folder is made below it
     runs.mkdir(parents=True, exist_ok=True)
     log = runs / f"{run_id}.runner.log"
     path = socket_path(env)
     if path is not None:
         request = json.dumps({"experiment": experiment, "run_id": run_id, "env": env,
-                              "cwd": str(runs), "log": str(log)}).encode() + b"\n"
+                              "cwd": str(runs), "log": str(log), "flow": flow}).encode() + b"\n"
         pid = _request(path, request)
         if pid is not None:
             return pid
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "prefect_mltrain.runner", experiment, run_id],
+            [sys.executable, "-m", "prefect_mltrain.runner", experiment, run_id, flow],
             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=runs).pid
 
 
-def run(experiment: str, run_id: str) -> None:
-    """Run the flow of a prepared run in this process.
+def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
+    """Run the flow of a prepared run in this process: ``flow`` (an entrypoint), as the
+    flow run named by ``MLTRAIN_FLOW_RUN_ID`` when one was made for it (a sweep's trial,
+    shown under the sweep in Prefect), else as a new flow run.
 
     A busy server (the embedded SQLite one under many runs at once answers 503 for a while)
     may refuse to start the flow run even after the client's retries: the run stays Queued
     and its start is tried again, for up to ``START_PATIENCE_SECONDS``. When Prefect cannot
     start it at all, the run ends Failed saying so.
     """
-    from .flows import submit_run
     from .records import TERMINAL, RunStatus
     from .store import RunStore
     from .workspace import open_workspace
 
     ws = open_workspace(None)
     store = RunStore(ws)
+    module, name = flow.split(":")
+    flow_fn = getattr(importlib.import_module(module), name)
+    parameters = {"experiment": experiment, "run_id": run_id, "workspace": ws.url}
+    made = os.environ.pop(FLOW_RUN_VAR, None)
     deadline = time.monotonic() + START_PATIENCE_SECONDS
     while True:
         try:
-            submit_run(experiment=experiment, run_id=run_id, workspace=ws.url,
-                       return_state=True)
+            if made:
+                from prefect.flow_engine import load_flow_run, run_flow
+
+                run_flow(flow_fn, flow_run=load_flow_run(made), parameters=parameters,
+                         return_type="state")
+            else:
+                flow_fn(**parameters, return_state=True)
             return
         except Exception as exc:
             record = store.read(experiment, run_id)
@@ -259,7 +272,7 @@ def _run_child(conn: socket.socket, request: dict) -> None:
     os.chdir(request["cwd"])
     code = 0
     try:
-        run(request["experiment"], request["run_id"])
+        run(request["experiment"], request["run_id"], request.get("flow", SUBMIT_RUN))
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -284,6 +297,6 @@ if __name__ == "__main__":
         serve(Path(sys.argv[2]))
     else:  # a cold runner: its run, then a warm runner for the next one
         try:
-            run(sys.argv[1], sys.argv[2])
+            run(*sys.argv[1:4])
         finally:
             ensure_running(dict(os.environ))

@@ -162,11 +162,24 @@ class RunStore:
     def end_children(self, experiment: str, run_id: str, canceled: bool = False) -> list[str]:
         """End every descendant of an ended run that has not ended (Canceled when the parent
         was canceled, else Failed, with the error "parent run ended"), so no child is left
-        Running; returns their ids."""
+        Running; returns their ids. A child with a runner of its own (a sweep's trial) is
+        left to it: its runner ends it, or the watcher when that runner dies."""
         status = RunStatus.CANCELED if canceled else RunStatus.FAILED
         return [child.run_id for child in self.descendants(experiment, run_id)
-                if not child.finished and self.move(experiment, child.run_id, status,
-                                                    error="parent run ended").status == status]
+                if not child.finished and child.config is None
+                and self.move(experiment, child.run_id, status,
+                              error="parent run ended").status == status]
+
+    def reopen(self, experiment: str, run_id: str) -> RunRecord:
+        """Queue again a sweep whose controller died (``HyperDriveRun.resume``): the one
+        way out of an ended state, kept in the status history."""
+        def change(record: RunRecord) -> None:
+            if record.hyperdrive is None or record.status != RunStatus.FAILED:
+                raise WorkspaceError(f"run {run_id} is {record.status.value}: only a sweep "
+                                     "that failed (its controller died) can be resumed")
+            record.status, record.ended_at, record.error = RunStatus.RUNNING, None, None
+            record.move_to(RunStatus.QUEUED)
+        return self.update(experiment, run_id, change)
 
     def descendants(self, experiment: str, run_id: str) -> list[RunRecord]:
         """Every run below ``run_id`` (children, theirs, ...), parents before their
@@ -218,9 +231,14 @@ class RunStore:
     def heartbeat(self, experiment: str, run_id: str) -> dict[str, Any] | None:
         return self.ws.read_json(f"{run_dir(experiment, run_id)}/{HEARTBEAT}", None)
 
-    def request_cancel(self, experiment: str, run_id: str) -> None:
+    def request_cancel(self, experiment: str, run_id: str, reason: str | None = None) -> None:
         self.ws.write_json(f"{run_dir(experiment, run_id)}/{CANCEL}",
-                           {"time": time.time(), "host": socket.gethostname()})
+                           {"time": time.time(), "host": socket.gethostname(),
+                            "reason": reason})
+
+    def cancel_request(self, experiment: str, run_id: str) -> dict[str, Any] | None:
+        """The cancel request of a run (its ``reason`` may be None), or None."""
+        return self.ws.read_json(f"{run_dir(experiment, run_id)}/{CANCEL}", None)
 
     def cancel_requested(self, experiment: str, run_id: str) -> bool:
         return self.ws.exists(f"{run_dir(experiment, run_id)}/{CANCEL}")

@@ -20,18 +20,25 @@ from .compute.registry import saved_target_name, target_name
 from .config import ScriptRunConfig, check_submittable
 from .errors import ConfigurationError
 from .git import git_provenance
+from .hyperdrive.config import HyperDriveConfig
 from .records import Runner, RunRecord, RunStatus
 from .server import prefect_env
 from .snapshot import take_snapshot
 from .store import RunStore
 from .workspace import Workspace
 
+SWEEP_FLOW = "prefect_mltrain.hyperdrive.flow:hyperdrive"
+
 
 def submit(ws: Workspace, experiment: str, config: Any,
            tags: dict[str, Any] | None = None,
            properties: dict[str, Any] | None = None) -> str:
-    """Record a run of ``config`` (a ``ScriptRunConfig`` or an ``Estimator``) and start it;
-    returns its id."""
+    """Record a run of ``config`` (a ``ScriptRunConfig``, an ``Estimator``, or a
+    ``HyperDriveConfig``) and start it; returns its id. A sweep's controller runs here,
+    its trials wherever their compute target is."""
+    sweep = None
+    if isinstance(config, HyperDriveConfig):
+        sweep, config = config.spec, config.run_config
     config = as_script_run_config(config)
     deployment = _deployment(ws, target_name(config.compute_target))
     store = RunStore(ws)
@@ -41,9 +48,13 @@ def submit(ws: Workspace, experiment: str, config: Any,
                       f"files): {', '.join(snap.skipped[:10])}", stacklevel=3)
     record = store.create(experiment, config=config, tags=tags, properties=properties,
                           git=git_provenance(config.source_directory),
-                          snapshot_id=snap.snapshot_id, snapshot_skipped=snap.skipped[:100])
+                          snapshot_id=snap.snapshot_id, snapshot_skipped=snap.skipped[:100],
+                          hyperdrive=sweep)
     secrets = config.environment.secrets() if config.environment else {}
-    _start(store, record, secrets, deployment)
+    if sweep:
+        start(store, record, secrets, None, flow=SWEEP_FLOW)
+    else:
+        start(store, record, secrets, deployment)
     return record.run_id
 
 
@@ -52,7 +63,7 @@ def resubmit(store: RunStore, old: RunRecord, tags: dict[str, str]) -> str:
     record = store.create(old.experiment, config=old.config, tags=tags, git=old.git,
                           snapshot_id=old.snapshot_id,
                           properties={"resubmitted_from": old.run_id})
-    _start(store, record, {}, _deployment(store.ws, old.compute_target))
+    start(store, record, {}, _deployment(store.ws, old.compute_target))
     return record.run_id
 
 
@@ -64,6 +75,21 @@ def as_script_run_config(config: Any) -> ScriptRunConfig:
         return config
     raise ConfigurationError(
         f"submit() takes a ScriptRunConfig (or an Estimator), not {type(config).__name__}")
+
+
+def start_trial(store: RunStore, record: RunRecord, secrets: dict[str, str]) -> str | None:
+    """Start a sweep's trial like any run, shown in Prefect as a subflow of the sweep's
+    flow run (called from it): on its target's work pool (``run_deployment`` links it),
+    else in a runner here as a flow run made under the sweep's. Returns the id of the task
+    run that stands for a local trial in the sweep's flow run."""
+    from .flows import submit_run
+    from .prefect_api import subflow_run
+
+    deployment = _deployment(store.ws, record.compute_target)
+    made = None if deployment else subflow_run(submit_run, record.run_id, {
+        "experiment": record.experiment, "run_id": record.run_id, "workspace": store.ws.url})
+    start(store, record, secrets, deployment, flow_run_id=made[0] if made else None)
+    return made[1] if made else None
 
 
 def _deployment(ws: Workspace, target: Any) -> str | None:
@@ -86,9 +112,11 @@ def _deployment(ws: Workspace, target: Any) -> str | None:
     return deployment
 
 
-def _start(store: RunStore, record: RunRecord, secrets: dict[str, str],
-           deployment: str | None) -> None:
-    """Queue the run and hand it to its target's work pool, else to a local runner."""
+def start(store: RunStore, record: RunRecord, secrets: dict[str, str],
+          deployment: str | None, flow: str = runner.SUBMIT_RUN,
+          flow_run_id: str | None = None) -> None:
+    """Queue the run and hand it to its target's work pool, else to a local runner that
+    runs ``flow`` (as the flow run ``flow_run_id`` when one was made for it)."""
     ws, exp, run_id = store.ws, record.experiment, record.run_id
     if deployment:
         from .prefect_api import send_to_pool
@@ -103,6 +131,9 @@ def _start(store: RunStore, record: RunRecord, secrets: dict[str, str],
         store.set(exp, run_id, deployment=sent)
         return
     env = {**os.environ, **prefect_env(), **ws.to_env(), "MLTRAIN_SECRETS": json.dumps(secrets)}
+    env.pop(runner.FLOW_RUN_VAR, None)
+    if flow_run_id:
+        env[runner.FLOW_RUN_VAR] = flow_run_id
     store.move(exp, run_id, RunStatus.QUEUED)
-    pid = runner.start(exp, run_id, env)
+    pid = runner.start(exp, run_id, env, flow)
     store.set(exp, run_id, runner=Runner(host=socket.gethostname(), pid=pid))

@@ -101,14 +101,16 @@ class Watcher:
                 f"({state.message or 'no message'})", None)
 
 
-def cancel(store: RunStore, experiment: str, run_id: str) -> RunRecord:
-    """Ask a run to stop: a request its runner sees within a second or two. A run sent to a
-    work pool that no worker has taken is canceled in Prefect (its secrets deleted); a run
-    that never started ends Canceled at once."""
+def cancel(store: RunStore, experiment: str, run_id: str,
+           reason: str | None = None) -> RunRecord:
+    """Ask a run to stop: a request its runner sees within a second or two, and ends the
+    run with (``reason`` or "canceled by request"). A run sent to a work pool that no
+    worker has taken is canceled in Prefect (its secrets deleted); a run that never started
+    ends Canceled at once."""
     record = store.read(experiment, run_id)
     if record.finished:
         return record
-    store.request_cancel(experiment, run_id)
+    store.request_cancel(experiment, run_id, reason)
     if record.deployment and record.status == RunStatus.QUEUED:
         from .prefect_api import cancel_if_scheduled, delete_secret
 

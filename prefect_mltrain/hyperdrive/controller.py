@@ -1,0 +1,307 @@
+"""The sweep's controller: start trials, watch their primary metric, cancel the losers.
+
+A sweep's trials are its child runs, each an ordinary run with its own runner (or a
+worker of its target's pool), so they outlive the controller: the workspace is the
+sweep's memory. Each trial's record holds its index, its draw from the sampler and its
+hyperparameters; ``sweep.json`` beside the sweep's record holds the table of trials,
+rewritten after every trial event. A controller that starts on a sweep that already has
+trials (``HyperDriveRun.resume()``, after its process was killed) reads them back,
+follows the running ones, starts those recorded but never started, and samples on from
+where the sweep was: no finished trial runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..layout import STD_LOG, run_dir
+from ..records import RunRecord, RunStatus
+from ..store import RunStore
+from ..submission import start_trial
+from ..watch import Watcher, cancel
+from .config import SweepSpec
+from .parameters import argument_name, format_value
+from .policies import Curve
+from .sampling import Trial
+
+POLL_SECONDS = 1.0
+STOP_WAIT_SECONDS = 120.0  # how long ending trials are waited for when the sweep stops
+SWEEP_FILE = "sweep.json"
+PARAMETERS = "hyperparameters"  # a trial's property: its hyperparameters, as JSON
+DRAW = "hyperdrive.draw"  # a trial's property: which draw of the sampler it is
+
+
+@dataclass
+class TrialState:
+    """One trial as the controller follows it."""
+
+    index: int
+    run_id: str
+    parameters: dict[str, Any]
+    draw: int
+    status: str = RunStatus.NOT_STARTED.value
+    values: list[float] = field(default_factory=list)
+    error: str | None = None
+    task_run_id: str | None = None
+    stopping: bool = False
+    duration: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("Completed", "Failed", "Canceled")
+
+    def best(self, maximize: bool) -> float | None:
+        if not self.values:
+            return None
+        return max(self.values) if maximize else min(self.values)
+
+    def row(self, maximize: bool) -> dict[str, Any]:
+        return {"trial": self.index, "run_id": self.run_id, "status": self.status,
+                "best": self.best(maximize), "intervals": len(self.values),
+                "parameters": self.parameters, "error": self.error,
+                "duration": self.duration, "curve": self.values}
+
+
+def primary_values(events: list[dict[str, Any]], name: str) -> list[float]:
+    """The values a run logged of ``name`` (rank 0), in order: one per interval."""
+    logged = [e for e in events if e.get("type") == "metric" and e.get("name") == name
+              and e.get("rank", 0) == 0 and isinstance(e.get("value"), int | float)
+              and not isinstance(e.get("value"), bool)]
+    logged.sort(key=lambda e: e.get("time", 0))
+    return [float(e["value"]) for e in logged]
+
+
+def trial_parameters(record: RunRecord) -> dict[str, Any]:
+    return json.loads(record.properties.get(PARAMETERS) or "{}")
+
+
+class Sweep:
+    """Runs one sweep to its end, from the state the workspace holds."""
+
+    def __init__(self, store: RunStore, record: RunRecord, secrets: dict[str, str],
+                 cancel_reason: Callable[[], str | None], log: Callable[[str], None],
+                 on_change: Callable[[Sweep], None] = lambda sweep: None):
+        self.store, self.record, self.secrets = store, record, secrets
+        self.spec: SweepSpec = record.hyperdrive
+        self.exp, self.id = record.experiment, record.run_id
+        self.cancel_reason, self._log, self.on_change = cancel_reason, log, on_change
+        self.watcher = Watcher(store)
+        self.trials: list[TrialState] = []
+        self.draws = 0  # draws taken from the sampler so far
+        self.exhausted = False
+        self.earlier = self._earlier_trials()
+        self.lines: list[str] = []
+
+    # -- state in the workspace ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """The trials the workspace holds (none for a new sweep)."""
+        found = [r for r in self.store.records(self.exp) if r.parent_run_id == self.id
+                 and DRAW in r.properties]
+        for record in sorted(found, key=lambda r: int(r.run_id.rsplit("_", 1)[1])):
+            trial = TrialState(index=int(record.run_id.rsplit("_", 1)[1]), run_id=record.run_id,
+                               parameters=trial_parameters(record),
+                               draw=int(record.properties[DRAW]))
+            self._refresh(trial, record)
+            self.trials.append(trial)
+        self.draws = max((t.draw + 1 for t in self.trials), default=0)
+        try:
+            self.lines = self.store.ws.read_bytes(
+                f"{run_dir(self.exp, self.id)}/{STD_LOG}").decode().splitlines()
+        except FileNotFoundError:
+            self.lines = []
+        if self.trials:
+            running = sum(not t.finished for t in self.trials)
+            self.log(f"resuming: {len(self.trials)} trials so far, {running} still going")
+
+    def save(self, finished: bool = False) -> None:
+        maximize = self.spec.maximize
+        self.store.ws.write_json(f"{run_dir(self.exp, self.id)}/{SWEEP_FILE}", {
+            "primary_metric_name": self.spec.primary_metric_name,
+            "primary_metric_goal": self.spec.primary_metric_goal.value,
+            "draws": self.draws, "finished": finished, "updated_at": time.time(),
+            "trials": [t.row(maximize) for t in self.trials]})
+
+    def log(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.lines.append(f"[{stamp}] {line}")
+        self._log(line)
+        self.store.ws.write_bytes(f"{run_dir(self.exp, self.id)}/{STD_LOG}",
+                                  ("\n".join(self.lines) + "\n").encode())
+
+    def _earlier_trials(self) -> list[Trial]:
+        """The finished trials of the sweeps this one resumes from (warm start)."""
+        out = []
+        for sweep_id in self.spec.resume_from:
+            exp = self.store.experiment_of(sweep_id)
+            for record in self.store.records(exp):
+                if record.parent_run_id != sweep_id or not record.finished:
+                    continue
+                values = primary_values(self.store.events(exp, record.run_id),
+                                        self.spec.primary_metric_name)
+                out.append(Trial(index=-1, parameters=trial_parameters(record), finished=True,
+                                 value=(max if self.spec.maximize else min)(values)
+                                 if values else None))
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> tuple[RunStatus, str | None]:
+        """Run the sweep to its end; its ending status and error."""
+        self.load()
+        started = self.record.started_at or time.time()
+        deadline = started + self.spec.max_duration_minutes * 60
+        stop: str | None = None
+        while True:
+            changed = self._follow()
+            if stop is None and (reason := self.cancel_reason()):
+                stop = reason
+                self._stop_all(f"sweep canceled ({reason})")
+            elif stop is None and time.time() >= deadline:
+                stop = "max_duration_minutes"
+                self.log(f"max_duration_minutes ({self.spec.max_duration_minutes:g}) reached")
+                self._stop_all("the sweep reached its max_duration_minutes")
+            if stop is None:
+                changed |= self._terminate()
+                changed |= self._launch()
+            if changed:
+                self.save()
+                self.on_change(self)
+            going = [t for t in self.trials if not t.finished]
+            if not going and (stop or self.exhausted or len(self.trials) >= self.spec.max_total_runs):
+                break
+            if stop and time.time() > self._stop_deadline:
+                self.log(f"{len(going)} trials did not stop within {STOP_WAIT_SECONDS:g} s; "
+                         "they end by themselves")
+                break
+            time.sleep(POLL_SECONDS)
+        self.save(finished=True)
+        self.on_change(self)
+        if stop and stop != "max_duration_minutes":
+            return RunStatus.CANCELED, stop
+        if self.trials and all(t.status == "Failed" for t in self.trials):
+            return RunStatus.FAILED, f"every trial failed; the first: {self.trials[0].error}"
+        return RunStatus.COMPLETED, None
+
+    _stop_deadline = float("inf")
+
+    def _follow(self) -> bool:
+        """Read the running trials' records and primary metric; True if anything changed."""
+        changed = False
+        for trial in self.trials:
+            if trial.finished:
+                continue
+            record = self.watcher.settle(self.store.read(self.exp, trial.run_id))
+            before = (trial.status, len(trial.values))
+            self._refresh(trial, record)
+            if (trial.status, len(trial.values)) != before:
+                changed = True
+                if trial.finished:
+                    self._ended(trial)
+            if record.status == RunStatus.NOT_STARTED and record.runner is None \
+                    and record.deployment is None:
+                self._start(trial, record)  # recorded by a controller that died before it
+                changed = True
+        return changed
+
+    def _refresh(self, trial: TrialState, record: RunRecord) -> None:
+        trial.status, trial.error = record.status.value, record.error
+        if record.started_at and record.ended_at:
+            trial.duration = record.ended_at - record.started_at
+        trial.values = primary_values(self.store.events(self.exp, trial.run_id),
+                                      self.spec.primary_metric_name)
+
+    def _ended(self, trial: TrialState) -> None:
+        best = trial.best(self.spec.maximize)
+        metric = f"{self.spec.primary_metric_name}={best:g}" if best is not None else \
+            f"no {self.spec.primary_metric_name} logged"
+        self.log(f"trial {trial.index} {trial.status}: {metric}"
+                 + (f" ({trial.error})" if trial.error else ""))
+        if trial.task_run_id:
+            try:
+                from ..prefect_api import end_task_run
+
+                end_task_run(trial.task_run_id, trial.status, trial.error)
+            except Exception:  # the Prefect view only
+                pass
+
+    def _terminate(self) -> bool:
+        curves = [Curve(trial=t.run_id, values=t.values, running=not t.finished)
+                  for t in self.trials if t.values]
+        decisions = self.spec.policy.terminate(curves, self.spec.primary_metric_goal)
+        changed = False
+        for trial in self.trials:
+            reason = decisions.get(trial.run_id)
+            if reason and not trial.stopping and not trial.finished:
+                trial.stopping = changed = True
+                self.log(f"trial {trial.index}: {reason}")
+                cancel(self.store, self.exp, trial.run_id, reason)
+        return changed
+
+    def _launch(self) -> bool:
+        changed = False
+        while (not self.exhausted and len(self.trials) < self.spec.max_total_runs
+               and sum(not t.finished for t in self.trials) < self.spec.concurrency):
+            parameters = self._next_parameters()
+            if parameters is None:
+                self.exhausted = True
+                self.log(f"the parameter space is used up after {len(self.trials)} trials")
+                break
+            self._create(len(self.trials), parameters)
+            changed = True
+        return changed
+
+    def _next_parameters(self) -> dict[str, Any] | None:
+        """The next draw from the sampler; a draw an earlier sweep already ran is skipped."""
+        seen = [t.parameters for t in self.earlier]
+        history = self.earlier + [
+            Trial(index=t.index, parameters=t.parameters, finished=t.finished,
+                  value=t.best(self.spec.maximize)) for t in self.trials]
+        for _ in range(1000):
+            parameters = self.spec.sampling.suggest(self.draws, history, self.spec.seed,
+                                                    self.spec.maximize)
+            self.draws += 1
+            if parameters is None or parameters not in seen:
+                return parameters
+        return None
+
+    def _create(self, index: int, parameters: dict[str, Any]) -> None:
+        run_id = f"{self.id}_{index}"
+        arguments = list(self.record.config.arguments)
+        for name, value in parameters.items():
+            arguments += [argument_name(name), format_value(value)]
+        config = self.record.config.model_copy(update={"arguments": arguments})
+        try:
+            record = self.store.create(
+                self.exp, run_id=run_id, config=config, parent_run_id=self.id,
+                snapshot_id=self.record.snapshot_id, git=self.record.git,
+                properties={PARAMETERS: json.dumps(parameters), DRAW: self.draws - 1},
+                tags={"hyperdrive_trial": index})
+        except FileExistsError:  # made by a controller that died just after
+            record = self.store.read(self.exp, run_id)
+        trial = TrialState(index=index, run_id=run_id, parameters=parameters,
+                           draw=self.draws - 1)
+        self.trials.append(trial)
+        shown = " ".join(f"{argument_name(k)} {format_value(v)}" for k, v in parameters.items())
+        self.log(f"trial {index} ({run_id}): {shown}")
+        self._start(trial, record)
+
+    def _start(self, trial: TrialState, record: RunRecord) -> None:
+        try:
+            trial.task_run_id = start_trial(self.store, record, self.secrets)
+        except Exception as exc:  # this trial fails; the sweep goes on
+            self.store.move(self.exp, trial.run_id, RunStatus.FAILED,
+                            error=f"Queued: the trial could not be started: {exc}")
+            self.log(f"trial {trial.index} could not be started: {exc}")
+        trial.status = self.store.read(self.exp, trial.run_id).status.value
+
+    def _stop_all(self, reason: str) -> None:
+        self._stop_deadline = time.time() + STOP_WAIT_SECONDS
+        for trial in self.trials:
+            if not trial.finished:
+                trial.stopping = True
+                cancel(self.store, self.exp, trial.run_id, reason)
