@@ -145,6 +145,131 @@ def submit(source_directory: str, script: str, *arguments: str,
 
 
 @app.command
+def sweep(source_directory: str | None = None, script: str | None = None, *arguments: str,
+          param: Annotated[tuple[str, ...], Parameter(alias="-p", allow_leading_hyphen=True)] = (),
+          metric: str | None = None, goal: Literal["max", "min"] | None = None,
+          sampling: Literal["random", "grid", "bayesian"] | None = None,
+          seed: int | None = None, max_runs: int | None = None,
+          concurrent: int | None = None, max_duration_minutes: float | None = None,
+          policy: str | None = None, compute: Annotated[str | None, Parameter(alias="-c")] = None,
+          env: str | None = None,
+          experiment: Annotated[str | None, Parameter(alias="-e")] = None,
+          file: Annotated[str | None, Parameter(alias="-f")] = None,
+          wait: bool = True, common: Common = _NO_COMMON) -> int:
+    """Sweep SCRIPT's hyperparameters (HyperDrive): each trial is a run of SCRIPT with its
+    parameters appended to the arguments (``--lr 0.01``).
+
+    Example: ``mltrain sweep proj train.py --param "--lr=loguniform(-6,-1)" --param
+    "--batch=choice(16,32)" --metric accuracy --goal max --max-runs 20 --concurrent 4
+    --policy bandit:slack=0.1,interval=1,delay=2``, or the same keys in a YAML file
+    (``mltrain sweep -f sweep.yaml``; ``param`` is a mapping there); options given here win.
+
+    Parameters
+    ----------
+    source_directory
+        The project folder (captured once, for every trial).
+    script
+        The entry script, relative to the project folder.
+    arguments
+        Arguments every trial gets (put them after ``--``).
+    param
+        ``NAME=EXPRESSION``, e.g. ``--lr=loguniform(-6,-1)``; repeatable.
+    metric
+        The primary metric the script logs.
+    goal
+        Maximize or minimize it.
+    sampling
+        random (default), grid (choice only) or bayesian (choice, uniform, quniform).
+    seed
+        Fixes random choices: the same seed gives the same trials.
+    max_runs
+        Trials at most (default 20).
+    concurrent
+        Trials at once (default: all).
+    max_duration_minutes
+        The sweep's time limit.
+    policy
+        Early termination: ``bandit:slack=0.1,interval=1,delay=2``, ``median:delay=5``,
+        ``truncation:percent=20`` or ``none``.
+    compute
+        Where trials run: ``local`` or a name from ``mltrain compute list``.
+    env
+        Environment: a requirements.txt, a conda environment.yml, or a curated/registered name.
+    experiment
+        Experiment of the sweep and its trials.
+    file
+        A YAML file with these keys (source_directory, script, arguments, param, ...).
+    wait
+        Show the trial table until the sweep ends (``--no-wait``: print its id and return).
+    """
+    from .config import ScriptRunConfig
+    from .hyperdrive.config import HyperDriveConfig
+    from .hyperdrive.parameters import parse_expression
+    from .hyperdrive.policies import parse_policy
+    from .hyperdrive.sampling import make_sampling
+    from .run import Experiment
+
+    spec: dict[str, Any] = {}
+    if file:
+        import yaml
+
+        spec = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(spec, dict):
+            raise MLTrainError(f"{file} must hold a mapping of sweep settings")
+        base = Path(file).parent
+        if spec.get("source_directory"):
+            spec["source_directory"] = str(base / spec["source_directory"])
+    given = {"source_directory": source_directory, "script": script, "metric": metric,
+             "goal": goal, "sampling": sampling, "seed": seed, "max_runs": max_runs,
+             "concurrent": concurrent, "max_duration_minutes": max_duration_minutes,
+             "policy": policy, "compute": compute, "env": env, "experiment": experiment}
+    spec.update({k: v for k, v in given.items() if v is not None})
+    if arguments:
+        spec["arguments"] = list(arguments)
+    params = dict(spec.get("param") or {})
+    for item in param:
+        name, eq, expression = item.partition("=")
+        if not eq or not name:
+            raise MLTrainError(f"--param takes NAME=EXPRESSION, e.g. "
+                               f"'--lr=loguniform(-6,-1)', not {item!r}")
+        params[name] = expression
+    missing = [k for k in ("source_directory", "script", "metric") if not spec.get(k)]
+    if missing or not params:
+        raise MLTrainError(f"a sweep needs {', '.join(missing + ([] if params else ['param']))}"
+                           ": give them as options or in the YAML file (-f)")
+    ws = _workspace(common)
+    try:
+        for name, expression in params.items():
+            if isinstance(expression, str):
+                params[name] = parse_expression(expression)
+        hd = HyperDriveConfig(
+            run_config=ScriptRunConfig(
+                source_directory=spec["source_directory"], script=spec["script"],
+                arguments=list(spec.get("arguments") or []),
+                compute_target=spec.get("compute") or "local",
+                environment=_environment(spec["env"], ws) if spec.get("env") else None),
+            hyperparameter_sampling=make_sampling(spec.get("sampling") or "random", params,
+                                                  spec.get("seed")),
+            policy=parse_policy(spec.get("policy") or "none"),
+            primary_metric_name=spec["metric"],
+            primary_metric_goal="MINIMIZE" if str(spec.get("goal", "max")).lower().startswith(
+                "min") else "MAXIMIZE",
+            max_total_runs=int(spec.get("max_runs") or 20),
+            max_concurrent_runs=spec.get("concurrent"),
+            max_duration_minutes=float(spec.get("max_duration_minutes") or 10080))
+    except ValueError as exc:  # a parameter, sampling or policy that does not parse
+        raise MLTrainError(str(exc)) from None
+    hd_run = Experiment(ws, spec.get("experiment") or "default").submit(hd)
+    if not wait:
+        _emit(common, {"run_id": hd_run.id, "status": hd_run.get_status()}, hd_run.id)
+        return 0
+    details = hd_run.wait_for_completion(show_output=not common.json, raise_on_error=False)
+    if common.json:
+        _emit(common, {**details, "trials": hd_run.get_children_sorted_by_primary_metric()}, "")
+    return 0 if details["status"] == "Completed" else 1
+
+
+@app.command
 def demo(common: Common = _NO_COMMON) -> int:
     """Copy the demo project to ./mltrain-demo and run it on local compute."""
     project = Path("mltrain-demo")
@@ -195,10 +320,23 @@ def runs_show(run_id: str, common: Common = _NO_COMMON) -> int:
 
     run = Run.get(_workspace(common), run_id)
     Watcher(run._store).settle(run._record())
-    details = {**run.get_details(), "metrics": run.get_metrics(), "files": run.get_file_names()}
+    sweep = hasattr(run, "get_children_sorted_by_primary_metric")
+    details = {**run.get_details(), "files": run.get_file_names(), "metrics": (
+        {} if sweep else run.get_metrics())}
     keys = ("run_id", "status", "exit_code", "error", "snapshot_id", "compute_target",
             "flow_run_url", "tags", "metrics", "files")
+    if sweep:
+        details["trials"] = run.get_children_sorted_by_primary_metric()
+        keys = keys[:-2] + ("files",)
     _emit(common, details, "\n".join(f"{k}: {details.get(k)}" for k in keys))
+    if sweep and not common.json:
+        from rich.console import Console
+
+        from .hyperdrive.report import rich_table
+
+        state = run._store.ws.read_json(f"{run._dir}/sweep.json", None)
+        if state:
+            Console(soft_wrap=True).print(rich_table(state))
     return 0
 
 

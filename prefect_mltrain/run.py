@@ -96,7 +96,7 @@ class Experiment:
                 continue
             if status and record.status != status:
                 continue
-            run = Run(self, record.run_id)
+            run = _handle(self, record)
             if tags and any(run.get_tags().get(k) != v for k, v in tags.items()):
                 continue
             runs.append(run)
@@ -385,8 +385,7 @@ class Run:
 
         store = RunStore(workspace)
         experiment = Experiment(workspace, store.experiment_of(run_id))
-        sweep = store.read(experiment.name, run_id).hyperdrive is not None
-        return (HyperDriveRun if sweep else cls)(experiment, run_id)
+        return _handle(experiment, store.read(experiment.name, run_id))
 
     def _record(self) -> Any:
         return self._store.read(self.experiment.name, self.id)
@@ -583,7 +582,7 @@ class Run:
         return paths
 
     def get_children(self) -> list[Run]:
-        return [Run(self.experiment, r.run_id) for r in self._store.records(self.experiment.name)
+        return [_handle(self.experiment, r) for r in self._store.records(self.experiment.name)
                 if r.parent_run_id == self.id]
 
     # -- control ------------------------------------------------------------------------------
@@ -739,7 +738,7 @@ class HyperDriveRun(Run):
             while True:
                 record = watcher.settle(self._record())
                 for line in follower.new_lines():
-                    live.console.print(line, markup=False, highlight=False)
+                    live.console.print(line, markup=False, highlight=False, soft_wrap=True)
                 state = self._store.ws.read_json(f"{self._dir}/sweep.json", None)
                 if state:
                     live.update(rich_table(state), refresh=True)
@@ -749,11 +748,16 @@ class HyperDriveRun(Run):
                     raise TimeoutError(f"sweep {self.id} still {record.status.value} "
                                        f"after {timeout} s")
                 time.sleep(poll_interval)
-        console.print(f"Sweep {self.id}: {record.status.value}"
+        console.print(f"\nSweep {self.id}: {record.status.value}"
                       + (f" ({record.error})" if record.error else ""), markup=False)
         if raise_on_error and record.status == "Failed":
             raise RunFailedError(f"sweep {self.id} failed: {record.error}")
         return self.get_details()
+
+
+def _handle(experiment: Experiment, record: Any) -> Run:
+    """The handle for a recorded run: a ``HyperDriveRun`` for a sweep, else a ``Run``."""
+    return (HyperDriveRun if record.hyperdrive is not None else Run)(experiment, record.run_id)
 
 
 def _target_path(path: str | os.PathLike | None, default_name: str) -> Path:

@@ -178,8 +178,11 @@ class RunStore:
                 raise WorkspaceError(f"run {run_id} is {record.status.value}: only a sweep "
                                      "that failed (its controller died) can be resumed")
             record.status, record.ended_at, record.error = RunStatus.RUNNING, None, None
+            record.runner = None
             record.move_to(RunStatus.QUEUED)
-        return self.update(experiment, run_id, change)
+        record = self.update(experiment, run_id, change)
+        self.ws.delete(f"{run_dir(experiment, run_id)}/{HEARTBEAT}")  # the dead controller's
+        return record
 
     def descendants(self, experiment: str, run_id: str) -> list[RunRecord]:
         """Every run below ``run_id`` (children, theirs, ...), parents before their

@@ -154,7 +154,8 @@ def test_repository_deployments_run_with_prefect_cli_and_run_deployment(cpu_box,
                                 cwd=tmp_path / "deployments", capture_output=True, text=True,
                                 timeout=180, env=dict(os.environ))
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        for name in ("submit-run/local", "retrain/nightly", "submit-run/gpu"):
+        for name in ("submit-run/local", "retrain/nightly", "submit-run/gpu",
+                     "hyperdrive/sweep"):
             assert f"'{name}' successfully created" in " ".join(deploy.stdout.split()), name
     finally:
         mltrain("compute", "delete", "gpu-box")
@@ -174,10 +175,19 @@ def test_repository_deployments_run_with_prefect_cli_and_run_deployment(cpu_box,
     cli_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered.stdout).group(1)
     nightly = run_deployment("retrain/nightly", timeout=0,
                              parameters={"workspace": str(ws)})
+    sweep = run_deployment("hyperdrive/sweep", timeout=0, parameters={
+        "workspace": str(ws), "config": params["config"], "sweep": {
+            "sampling": {"kind": "grid", "parameter_space": {
+                "--alpha": {"kind": "choice", "args": [0.1, 0.5]}}},
+            "primary_metric_name": "mse", "primary_metric_goal": "MINIMIZE",
+            "max_total_runs": 4}})
 
     out = finish(start_worker("cpu-box"))
-    for flow_run_id in (cli_run_id, nightly.id):
+    for flow_run_id in (cli_run_id, nightly.id, sweep.id):
         assert flow_run(flow_run_id).state.is_completed(), out[-4000:]
+    [swept] = Experiment(Workspace(ws), "sweep").get_runs()
+    assert swept.get_status() == "Completed"
+    assert sorted(p["--alpha"] for p in swept.get_hyperparameters().values()) == [0.1, 0.5]
     cli_runs = Experiment(Workspace(ws), "from-cli").get_runs()
     assert [r.get_status() for r in cli_runs] == ["Completed"]
     assert len(cli_runs[0].get_metrics()["mse"]) == 3

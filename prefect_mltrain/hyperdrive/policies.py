@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import statistics
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -174,3 +174,35 @@ class NoTerminationPolicy(_Policy):
 
 
 Policy = BanditPolicy | MedianStoppingPolicy | TruncationSelectionPolicy | NoTerminationPolicy
+
+
+_POLICY_KEYS = {"slack": "slack_factor", "slack_factor": "slack_factor",
+                "slack_amount": "slack_amount", "interval": "evaluation_interval",
+                "evaluation_interval": "evaluation_interval", "delay": "delay_evaluation",
+                "delay_evaluation": "delay_evaluation", "percent": "truncation_percentage",
+                "truncation_percentage": "truncation_percentage",
+                "exclude_finished": "exclude_finished_jobs",
+                "exclude_finished_jobs": "exclude_finished_jobs"}
+_POLICY_KINDS = {"bandit": BanditPolicy, "median": MedianStoppingPolicy,
+                 "truncation": TruncationSelectionPolicy, "none": NoTerminationPolicy}
+
+
+def parse_policy(text: str | dict[str, Any]) -> Policy:
+    """The command line's form of a policy: ``bandit:slack=0.1,interval=1,delay=2``,
+    ``median:delay=5``, ``truncation:percent=20``, ``none`` — or a YAML file's mapping,
+    ``{kind: bandit, slack: 0.1, delay: 2}``."""
+    if isinstance(text, dict):
+        text = f"{text.get('kind', '')}:" + ",".join(
+            f"{k}={v}" for k, v in text.items() if k != "kind")
+    kind, _, rest = text.strip().partition(":")
+    if kind not in _POLICY_KINDS:
+        raise ValueError(f"unknown policy {kind!r}: use one of {', '.join(_POLICY_KINDS)}, "
+                         "e.g. bandit:slack=0.1,interval=1,delay=2")
+    settings = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in _POLICY_KEYS:
+            raise ValueError(f"{item!r} in policy {text!r}: write key=value with a key of "
+                             f"{', '.join(sorted(set(_POLICY_KEYS)))}")
+        settings[_POLICY_KEYS[key]] = value
+    return _POLICY_KINDS[kind].model_validate(settings)

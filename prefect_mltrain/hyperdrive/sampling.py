@@ -163,3 +163,19 @@ def _internal(expr: Expression, value: Any) -> Any:
 
 
 Sampling = RandomParameterSampling | GridParameterSampling | BayesianParameterSampling
+
+
+SAMPLINGS = {"random": RandomParameterSampling, "grid": GridParameterSampling,
+             "bayesian": BayesianParameterSampling}
+
+
+def make_sampling(kind: str, parameters: dict[str, Any], seed: int | None = None) -> Sampling:
+    """A sampling from the command line's or a YAML file's form: ``kind`` and
+    ``{"--lr": "loguniform(-6, -1)"}`` (expressions as text, or already made)."""
+    from .parameters import parse_expression
+
+    if kind not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {kind!r}: use one of {', '.join(SAMPLINGS)}")
+    space = {name: parse_expression(e) if isinstance(e, str) else e
+             for name, e in parameters.items()}
+    return SAMPLINGS[kind](space, properties={"seed": seed} if seed is not None else None)
