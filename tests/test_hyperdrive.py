@@ -404,3 +404,82 @@ def test_canceling_a_sweep_cancels_every_trial(ws, tmp_path):
     while any(c.get_status() != "Canceled" for c in children) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert [c.get_status() for c in children] == ["Canceled", "Canceled"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(240)
+def test_the_cli_sweeps_from_options_and_from_yaml_and_shows_the_trials(ws, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_script(tmp_path / "proj", "train.py", SCORE)
+    mltrain = [str(Path(sys.executable).parent / "mltrain")]
+    common = ["--workspace", str(ws.url)]
+    bad = subprocess.run([*mltrain, "sweep", str(tmp_path / "proj"), "train.py", "--param",
+                          "--x=wobbly(1)", "--metric", "score", *common],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'wobbly' is no parameter expression" in bad.stderr + bad.stdout
+
+    out = subprocess.run([*mltrain, "sweep", str(tmp_path / "proj"), "train.py",
+                          "--param", "--x=choice(0.5, 1.0)", "--sampling", "grid",
+                          "--metric", "score", "--goal", "max", "--max-runs", "5",
+                          "--concurrent", "2", "--policy", "bandit:slack=0.1,delay=2",
+                          "-e", "cli-sweep", "--json", *common],
+                         capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["status"] == "Completed"
+    assert [t["hyperparameters"] for t in result["trials"]] == [{"--x": 1.0}, {"--x": 0.5}]
+    assert result["hyperdrive"]["policy"]["slack_factor"] == 0.1
+
+    (tmp_path / "sweep.yaml").write_text(
+        "source_directory: proj\nscript: train.py\nexperiment: yaml-sweep\n"
+        "param:\n  --x: uniform(0, 2)\nmetric: score\ngoal: max\nsampling: random\n"
+        "seed: 4\nmax_runs: 2\nconcurrent: 2\npolicy: {kind: median, delay: 1}\n")
+    out = subprocess.run([*mltrain, "sweep", "-f", str(tmp_path / "sweep.yaml"),
+                          "--max-runs", "3", *common],
+                         capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    [swept] = Experiment(ws, "yaml-sweep").get_runs()
+    assert len(swept.get_hyperparameters()) == 3  # the option wins over the file
+    assert swept.get_details()["hyperdrive"]["policy"]["kind"] == "median"
+    shown = subprocess.run([*mltrain, "runs", "show", swept.id, *common],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "Sweep: score (maximize)" in shown.stdout
+    for params in swept.get_hyperparameters().values():  # a row per trial in the table
+        assert repr(params["--x"]) in shown.stdout
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_a_sweep_runs_its_trials_on_a_dask_cluster(ws, tmp_path, dask_cluster):
+    from prefect_mltrain.compute import DaskCompute
+
+    grid = GridParameterSampling({"--x": choice(0.5, 1.0)})
+    hd_run = sweep(ws, tmp_path, grid, max_total_runs=2, concurrent=2,
+                   target=DaskCompute(address=dask_cluster))
+    hd_run.wait_for_completion(timeout=240)
+    assert hd_run.get_status() == "Completed"
+    rows = trials(hd_run)
+    assert [r["status"] for r in rows] == ["Completed", "Completed"]
+    assert rows[0]["hyperparameters"] == {"--x": 1.0} and rows[0]["best_primary_metric"] == 0
+    assert all(r["details"]["environment_build"] for r in rows)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_a_sweep_runs_its_trials_in_docker_containers(ws, tmp_path, docker_engine):
+    from conftest import BASE_IMAGE
+
+    from prefect_mltrain.compute import DockerCompute
+
+    grid = GridParameterSampling({"--x": choice(0.5, 1.0)})
+    hd_run = sweep(ws, tmp_path, grid, max_total_runs=2, concurrent=2,
+                   target=DockerCompute(image=BASE_IMAGE, network_mode="host"))
+    hd_run.wait_for_completion(timeout=240)
+    assert hd_run.get_status() == "Completed"
+    rows = trials(hd_run)
+    assert [r["status"] for r in rows] == ["Completed", "Completed"]
+    assert rows[0]["hyperparameters"] == {"--x": 1.0} and rows[0]["best_primary_metric"] == 0
+    assert all(r["details"]["environment_build"]["image"] for r in rows)
