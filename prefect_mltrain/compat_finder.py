@@ -64,8 +64,26 @@ MODULES: dict[str, dict[str, str]] = {
         "Mpi": _DISTRIBUTION, "Gloo": _DISTRIBUTION, "Nccl": _DISTRIBUTION,
         "ParameterServer": _DISTRIBUTION},
 }
+_EXPRESSIONS = {name: f"hyperdrive.parameters:{name}" for name in (
+    "choice", "randint", "uniform", "quniform", "loguniform", "qloguniform", "normal",
+    "qnormal", "lognormal", "qlognormal")}
+_SAMPLINGS = {name: f"hyperdrive.sampling:{name}" for name in (
+    "RandomParameterSampling", "GridParameterSampling", "BayesianParameterSampling")}
+_POLICIES = {name: f"hyperdrive.policies:{name}" for name in (
+    "BanditPolicy", "MedianStoppingPolicy", "TruncationSelectionPolicy", "NoTerminationPolicy")}
+_HD_RUN = {"HyperDriveRun": "run:HyperDriveRun",
+           "PrimaryMetricGoal": "hyperdrive.policies:PrimaryMetricGoal"}
+MODULES.update({
+    "azureml.train.hyperdrive": {"HyperDriveConfig": "hyperdrive.config:HyperDriveConfig",
+                                 **_HD_RUN, **_EXPRESSIONS, **_SAMPLINGS, **_POLICIES},
+    "azureml.train.hyperdrive.runconfig": {
+        "HyperDriveConfig": "hyperdrive.config:HyperDriveConfig"},
+    "azureml.train.hyperdrive.run": _HD_RUN,
+    "azureml.train.hyperdrive.parameter_expressions": _EXPRESSIONS,
+    "azureml.train.hyperdrive.sampling": _SAMPLINGS,
+    "azureml.train.hyperdrive.policy": _POLICIES,
+})
 MISSING_MODULES = {
-    "azureml.train.hyperdrive": "HyperDrive is coming to prefect-mltrain and is not here yet",
     "azureml.data": _DATA,
     "azureml.pipeline": "pipelines are Prefect flows here: call submit_run (from "
                         "prefect_mltrain) inside your own @flow",

@@ -163,7 +163,8 @@ def test_nothing_is_installed_azureml_needs_an_explicit_opt_in():
     ("from azureml.core import Keyvault", "not provided by prefect-mltrain; azureml.core has"),
     ("from azureml.core.compute import AmlCompute", "compute_target='gpu-box'"),
     ("from azureml.train.dnn import Mpi", "distributed_backend='mpi'"),
-    ("import azureml.train.hyperdrive", "HyperDrive is coming"),
+    ("from azureml.train.hyperdrive import HyperDriveStep",
+     "azureml.train.hyperdrive has: BanditPolicy"),
     ("import azureml.pipeline.core", "pipelines are Prefect flows"),
 ])
 def test_what_is_not_implemented_is_an_import_error_naming_what_exists(statement, message):
