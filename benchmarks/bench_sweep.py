@@ -166,7 +166,12 @@ def our_trial_stats(rec: dict[str, Any]) -> dict[str, Any]:
     """Per-trial timings of one of our sweeps, from the trials' run records."""
     trials = [t for t in rec.get("trials", []) if t.get("created_at") and t.get("ended_at")]
     trials.sort(key=lambda t: t["created_at"])
+    span = rec["ended_at"] - rec["created_at"] if rec.get("ended_at") else None
     return {
+        # trials alive (created → ended) on average over the sweep, of max_concurrent_runs
+        "alive": ratio(sum(t["ended_at"] - t["created_at"] for t in trials), span),
+        # the controller starting trials one after the other: Σ NotStarted → Queued
+        "start_blocked": sum(t["phases"].get(PHASES[0][0], 0.0) for t in trials),
         "lifetime": [t["ended_at"] - t["created_at"] for t in trials],
         "running": [t["ended_at"] - t["started_at"] for t in trials if t.get("started_at")],
         "refill_gap": refill_gaps([(t["created_at"], t["ended_at"]) for t in trials]),
@@ -213,6 +218,7 @@ def optuna_study(python: str, script: Path, cwd: Path) -> dict[str, Any]:
         "wall": wall, "trials": len(study.trials), "completed": len(done),
         "best_value": study.best_value if done else None,
         "lifetime": [e - s for s, e in spans],
+        "alive": ratio(sum(e - s for s, e in spans), wall),
         "subprocess": [t.user_attrs["subprocess_seconds"] for t in study.trials
                        if "subprocess_seconds" in t.user_attrs],
         "refill_gap": refill_gaps(spans)}
@@ -370,6 +376,8 @@ def summarize_sweep(numbers: dict[str, Any]) -> dict[str, Any]:
                  "last_trial_end_to_sweep_end": summarize(each("last_trial_end_to_sweep_end",
                                                                ours_stats)),
                  "sweep_end_to_return": summarize(each("sweep_end_to_return", ours_stats)),
+                 "alive": summarize(each("alive", ours_stats)),
+                 "start_blocked": summarize(each("start_blocked", ours_stats)),
                  "trial_phases": summarize_phases(
                      [t for r in ours_good for t in r["trials"]], PHASES)},
         "optuna": {"wall": summarize([r["wall"] for r in peer_good]),
@@ -377,7 +385,8 @@ def summarize_sweep(numbers: dict[str, Any]) -> dict[str, Any]:
                    "trial_lifetime": summarize([v for r in peer_good for v in r["lifetime"]]),
                    "trial_subprocess": summarize([v for r in peer_good
                                                   for v in r["subprocess"]]),
-                   "refill_gap": summarize([v for r in peer_good for v in r["refill_gap"]])},
+                   "refill_gap": summarize([v for r in peer_good for v in r["refill_gap"]]),
+                   "alive": summarize([r["alive"] for r in peer_good if r.get("alive")])},
         "floor": SWEEP_TRIALS / SWEEP_CONCURRENCY * SLEEP_SECONDS,
     }
     throughput["ratio"] = ratio(throughput["ours"]["wall"]["median"],
@@ -475,7 +484,11 @@ def render(numbers: dict[str, Any]) -> list[str]:
     for label, st in tp["ours"]["trial_phases"].items():
         if st["median"] is not None:
             lines.append(f"| ours, trial phase: {label} | {fmt(st['median'])} | – |")
-    lines += [f"| ours, per sweep: submit → first trial created | "
+    lines += [f"| per sweep: trials alive on average (of {c}) | "
+              f"{fmt(tp['ours']['alive']['median'])} | {fmt(tp['optuna']['alive']['median'])} |",
+              f"| ours, per sweep: Σ trial NotStarted → Queued (the controller starting "
+              f"trials, one at a time) | {fmt(tp['ours']['start_blocked']['median'])} | – |",
+              f"| ours, per sweep: submit → first trial created | "
               f"{fmt(tp['ours']['submit_to_first_trial']['median'])} | – |",
               f"| ours, per sweep: last trial ended → sweep ended | "
               f"{fmt(tp['ours']['last_trial_end_to_sweep_end']['median'])} | – |",

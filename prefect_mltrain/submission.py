@@ -39,6 +39,9 @@ def submit(ws: Workspace, experiment: str, config: Any,
     sweep = None
     if isinstance(config, HyperDriveConfig):
         sweep, config = config.spec, config.run_config
+        for earlier in sweep.resume_from:  # each must be a sweep of this workspace
+            if RunStore(ws).read(RunStore(ws).experiment_of(earlier), earlier).hyperdrive is None:
+                raise ConfigurationError(f"resume_from: run {earlier} is not a sweep")
     config = as_script_run_config(config)
     deployment = _deployment(ws, target_name(config.compute_target))
     store = RunStore(ws)

@@ -483,3 +483,20 @@ def test_a_sweep_runs_its_trials_in_docker_containers(ws, tmp_path, docker_engin
     assert [r["status"] for r in rows] == ["Completed", "Completed"]
     assert rows[0]["hyperparameters"] == {"--x": 1.0} and rows[0]["best_primary_metric"] == 0
     assert all(r["details"]["environment_build"]["image"] for r in rows)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(240)
+def test_resume_from_an_earlier_sweep_skips_what_it_ran_and_counts_its_best(ws, tmp_path):
+    grid = GridParameterSampling({"--x": choice(1.0, 0.5, 1.5)})
+    earlier = sweep(ws, tmp_path, grid, max_total_runs=2, concurrent=2)
+    earlier.wait_for_completion(timeout=180)
+    later = sweep(ws, tmp_path, grid, max_total_runs=5, concurrent=2, resume_from=earlier)
+    later.wait_for_completion(timeout=180)
+    assert list(later.get_hyperparameters().values()) == [{"--x": 1.5}]  # the rest was run
+    assert later.get_best_run_by_primary_metric().id in earlier.get_hyperparameters()
+    assert later.get_best_run_by_primary_metric(include_resume_from_runs=False).id in \
+        later.get_hyperparameters()
+    with pytest.raises(Exception, match="is not a sweep"):
+        sweep(ws, tmp_path, grid, max_total_runs=1,
+              resume_from=next(iter(earlier.get_hyperparameters())))
