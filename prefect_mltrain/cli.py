@@ -270,6 +270,44 @@ def sweep(source_directory: str | None = None, script: str | None = None, *argum
 
 
 @app.command
+def tensorboard(*run_ids: str, port: int = 6006, seconds: float | None = None,
+                common: Common = _NO_COMMON) -> int:
+    """Start TensorBoard over the ``logs/`` of RUN_IDs (a sweep: all its trials), running or
+    finished, and print its URL; runs until Ctrl-C.
+
+    Parameters
+    ----------
+    run_ids
+        Runs to show side by side.
+    port
+        TensorBoard's port on 127.0.0.1.
+    seconds
+        Stop after this many seconds (default: until Ctrl-C).
+    """
+    import time
+
+    from .run import Run
+    from .tensorboard import Tensorboard
+
+    if not run_ids:
+        raise MLTrainError("name at least one run: mltrain tensorboard RUN_ID [RUN_ID...]")
+    ws = _workspace(common)
+    board = Tensorboard([Run.get(ws, run_id) for run_id in run_ids], port=port)
+    url = board.start()
+    _emit(common, {"url": url, "runs": [r.id for r in board.runs]}, f"TensorBoard: {url}")
+    sys.stdout.flush()
+    try:
+        deadline = time.monotonic() + seconds if seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
+
+
+@app.command
 def demo(common: Common = _NO_COMMON) -> int:
     """Copy the demo project to ./mltrain-demo and run it on local compute."""
     project = Path("mltrain-demo")

@@ -349,7 +349,8 @@ def test_a_policy_cancels_the_poor_trials_of_the_first_batch_and_only_those(
         details = status[poor]["details"]
         assert status[poor]["status"] == "Canceled"
         assert details["error"].startswith(f"early termination: {policy.name}")
-        assert len(Run.get(ws, status[poor]["run_id"]).get_metrics()["score"]) < 10
+        score = Run.get(ws, status[poor]["run_id"]).get_metrics()["score"]
+        assert not isinstance(score, list) or len(score) < 10  # stopped before its end
 
 
 @pytest.mark.usefixtures("prefect_server")

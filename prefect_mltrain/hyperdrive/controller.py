@@ -12,13 +12,19 @@ where the sweep was: no finished trial runs again.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..layout import STD_LOG, run_dir
+from .. import events as event_lines
+from ..layout import EVENTS, STD_LOG, run_dir
 from ..records import RunRecord, RunStatus
 from ..store import RunStore
 from ..submission import start_trial
@@ -28,7 +34,7 @@ from .parameters import argument_name, format_value
 from .policies import Curve
 from .sampling import Trial
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 STOP_WAIT_SECONDS = 120.0  # how long ending trials are waited for when the sweep stops
 SWEEP_FILE = "sweep.json"
 PARAMETERS = "hyperparameters"  # a trial's property: its hyperparameters, as JSON
@@ -47,6 +53,7 @@ class TrialState:
     values: list[float] = field(default_factory=list)
     error: str | None = None
     task_run_id: str | None = None
+    starting: Future | None = None  # its start, in the background
     stopping: bool = False
     duration: float | None = None
 
@@ -95,6 +102,12 @@ class Sweep:
         self.exhausted = False
         self.earlier = self._earlier_trials()
         self.lines: list[str] = []
+        self._log_lock = threading.Lock()
+        # Starting a trial (its record, its subflow in Prefect, its runner) takes a few API
+        # calls: it happens beside the loop, which goes on following the others.
+        self._starts = ThreadPoolExecutor(max_workers=min(8, self.spec.concurrency),
+                                          thread_name_prefix="mltrain-trial-start")
+        self._view = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mltrain-sweep-view")
 
     # -- state in the workspace ---------------------------------------------------------------
 
@@ -127,11 +140,13 @@ class Sweep:
             "trials": [t.row(maximize) for t in self.trials]})
 
     def log(self, line: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        self.lines.append(f"[{stamp}] {line}")
+        """A line of the sweep's own log (``logs/std_log.txt``, what ``wait_for_completion``
+        shows) and of its flow run in Prefect."""
+        with self._log_lock:
+            self.lines.append(f"[{time.strftime('%H:%M:%S')}] {line}")
+            text = ("\n".join(self.lines) + "\n").encode()
+            self.store.ws.write_bytes(f"{run_dir(self.exp, self.id)}/{STD_LOG}", text)
         self._log(line)
-        self.store.ws.write_bytes(f"{run_dir(self.exp, self.id)}/{STD_LOG}",
-                                  ("\n".join(self.lines) + "\n").encode())
 
     def _earlier_trials(self) -> list[Trial]:
         """The finished trials of the sweeps this one resumes from (warm start)."""
@@ -170,7 +185,7 @@ class Sweep:
                 changed |= self._launch()
             if changed:
                 self.save()
-                self.on_change(self)
+                self._in_view(self.on_change, self)
             going = [t for t in self.trials if not t.finished]
             if not going and (stop or self.exhausted or len(self.trials) >= self.spec.max_total_runs):
                 break
@@ -179,8 +194,9 @@ class Sweep:
                          "they end by themselves")
                 break
             time.sleep(POLL_SECONDS)
+        self._starts.shutdown(wait=True)
+        self._view.shutdown(wait=True)
         self.save(finished=True)
-        self.on_change(self)
         if stop and stop != "max_duration_minutes":
             return RunStatus.CANCELED, stop
         if self.trials and all(t.status == "Failed" for t in self.trials):
@@ -203,7 +219,7 @@ class Sweep:
                 if trial.finished:
                     self._ended(trial)
             if record.status == RunStatus.NOT_STARTED and record.runner is None \
-                    and record.deployment is None:
+                    and record.deployment is None and trial.starting is None:
                 self._start(trial, record)  # recorded by a controller that died before it
                 changed = True
         return changed
@@ -212,8 +228,10 @@ class Sweep:
         trial.status, trial.error = record.status.value, record.error
         if record.started_at and record.ended_at:
             trial.duration = record.ended_at - record.started_at
-        trial.values = primary_values(self.store.events(self.exp, trial.run_id),
-                                      self.spec.primary_metric_name)
+        name = self.spec.primary_metric_name
+        stored = primary_values(self.store.events(self.exp, trial.run_id), name)
+        fresh = primary_values(_staged_events(record), name)  # not yet synced, if here
+        trial.values = fresh if len(fresh) > len(stored) else stored
 
     def _ended(self, trial: TrialState) -> None:
         best = trial.best(self.spec.maximize)
@@ -222,12 +240,9 @@ class Sweep:
         self.log(f"trial {trial.index} {trial.status}: {metric}"
                  + (f" ({trial.error})" if trial.error else ""))
         if trial.task_run_id:
-            try:
-                from ..prefect_api import end_task_run
+            from ..prefect_api import end_task_run
 
-                end_task_run(trial.task_run_id, trial.status, trial.error)
-            except Exception:  # the Prefect view only
-                pass
+            self._in_view(end_task_run, trial.task_run_id, trial.status, trial.error)
 
     def _terminate(self) -> bool:
         curves = [Curve(trial=t.run_id, values=t.values, running=not t.finished)
@@ -291,13 +306,25 @@ class Sweep:
         self._start(trial, record)
 
     def _start(self, trial: TrialState, record: RunRecord) -> None:
+        context = contextvars.copy_context()  # the sweep's flow run, for the trial's subflow
+        trial.starting = self._starts.submit(context.run, self._start_now, trial, record)
+
+    def _start_now(self, trial: TrialState, record: RunRecord) -> None:
         try:
             trial.task_run_id = start_trial(self.store, record, self.secrets)
         except Exception as exc:  # this trial fails; the sweep goes on
             self.store.move(self.exp, trial.run_id, RunStatus.FAILED,
                             error=f"Queued: the trial could not be started: {exc}")
             self.log(f"trial {trial.index} could not be started: {exc}")
-        trial.status = self.store.read(self.exp, trial.run_id).status.value
+
+    def _in_view(self, call: Callable[..., Any], *args: Any) -> None:
+        """Update Prefect's view (artifacts, the trials' task runs) beside the loop."""
+        def quietly() -> None:
+            try:
+                call(*args)
+            except Exception:  # a view only: the sweep goes on without it
+                pass
+        self._view.submit(contextvars.copy_context().run, quietly)
 
     def _stop_all(self, reason: str) -> None:
         self._stop_deadline = time.time() + STOP_WAIT_SECONDS
@@ -305,3 +332,16 @@ class Sweep:
             if not trial.finished:
                 trial.stopping = True
                 cancel(self.store, self.exp, trial.run_id, reason)
+
+
+def _staged_events(record: RunRecord) -> list[dict[str, Any]]:
+    """What a run on this machine has logged so far, read from its stage before the runner
+    syncs it (every ``sync_interval_seconds``): a policy then acts on the latest values."""
+    local = record.local_files
+    if record.finished or local is None or local.host != socket.gethostname():
+        return []
+    folder = Path(local.path) / "stage" / run_dir(record.experiment, record.run_id) / EVENTS
+    try:
+        return event_lines.parse(p.read_bytes() for p in sorted(folder.glob("*.jsonl")))
+    except OSError:  # the run is just ending: its stage is being removed
+        return []
