@@ -62,23 +62,23 @@ def wait_for_flow_run(flow_run_id: str, timeout: float = 60) -> int:
             time.sleep(0.5)
 
 
-def chromium(url: str, scratch: Path, *action: str) -> subprocess.CompletedProcess:
-    """Headless Chromium; the virtual time budget lets the single-page app fetch and render."""
+def chromium(url: str, scratch: Path, *action: str, dark: bool = True) -> subprocess.CompletedProcess:
+    """Headless Chromium; the virtual time budget lets the single-page app fetch and render.
+    Dark: the Prefect run graph's labels are unreadable on the light theme."""
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={scratch / 'chromium-profile'}",
-           "--hide-scrollbars", "--force-dark-mode",  # the run graph's labels are unreadable
-           f"--window-size={WIDTH},{HEIGHT}",         # on the light theme
-           "--virtual-time-budget=15000", *action, url]
+           "--hide-scrollbars", *(["--force-dark-mode"] if dark else []),
+           f"--window-size={WIDTH},{HEIGHT}", "--virtual-time-budget=15000", *action, url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"chromium failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return proc
 
 
-def screenshot(url: str, output: Path, scratch: Path) -> None:
+def screenshot(url: str, output: Path, scratch: Path, dark: bool = True) -> None:
     shot = scratch / "shot.png"
-    chromium(url, scratch, f"--screenshot={shot}")
+    chromium(url, scratch, f"--screenshot={shot}", dark=dark)
     if not shot.exists():
         raise RuntimeError("chromium wrote no screenshot")
     output.parent.mkdir(parents=True, exist_ok=True)

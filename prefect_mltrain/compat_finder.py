@@ -82,6 +82,9 @@ MODULES.update({
     "azureml.train.hyperdrive.parameter_expressions": _EXPRESSIONS,
     "azureml.train.hyperdrive.sampling": _SAMPLINGS,
     "azureml.train.hyperdrive.policy": _POLICIES,
+    "azureml.tensorboard": {"Tensorboard": "tensorboard:Tensorboard"},
+    "azureml.tensorboard.export": {
+        "export_to_tensorboard": "tensorboard:export_to_tensorboard"},
 })
 MISSING_MODULES = {
     "azureml.data": _DATA,

@@ -62,7 +62,7 @@ def _expand(runs: list[Run]) -> list[Run]:
 
 def _folder_name(run: Run) -> str:
     name = run.display_name or run.id
-    return f"{run.experiment.name}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+    return f"{run.experiment.name}/{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}"
 
 
 class Tensorboard:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import write_script
 
-from prefect_mltrain import Experiment, Run, ScriptRunConfig, Workspace
+from prefect_mltrain import Experiment, ScriptRunConfig, Workspace
 from prefect_mltrain.errors import ConfigurationError
 from prefect_mltrain.tensorboard import Tensorboard, export_to_tensorboard
 

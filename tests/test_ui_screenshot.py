@@ -34,3 +34,19 @@ def test_ui_screenshot(tmp_path):
     assert struct.unpack(">II", data[16:24]) == (1400, 1000)
     # A blank 1400x1000 page compresses to ~6 kB; the rendered run page is ~120 kB.
     assert len(data) > 60_000, f"screenshot looks blank ({len(data)} bytes)"
+
+
+@pytest.mark.timeout(660)
+def test_tensorboard_screenshot_shows_two_runs(tmp_path):
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("no /usr/bin/chromium; install it with `apt-get install -y chromium`")
+    output, dom = tmp_path / "tb.png", tmp_path / "tb.html"
+    script = SCRIPT.parent / "tensorboard_screenshot.py"
+    proc = subprocess.run([sys.executable, str(script), "--output", str(output), "--dom",
+                           str(dom)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = dom.read_text()
+    assert "tensorboard-demo/lr=0.05" in page and "tensorboard-demo/lr=0.15" in page
+    data = output.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 40_000, f"screenshot looks blank ({len(data)} bytes)"
