@@ -11,18 +11,14 @@ and headless Debian Chromium.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import socket
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
-from ui_screenshot import CHROMIUM, chromium, screenshot
+from ui_screenshot import arguments, chromium, scratch_server, screenshot
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "tensorboard-two-runs.png"
 SCRIPT = """
@@ -44,23 +40,12 @@ SCRIPT = """
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--dom", type=Path, help="also write the rendered page's DOM here")
-    args = parser.parse_args(argv)
-    if not os.access(CHROMIUM, os.X_OK):
-        sys.exit(f"{CHROMIUM} not found; install it with `apt-get install -y chromium` (Debian)")
+    args = arguments(argv, __doc__, DEFAULT_OUTPUT)
     started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix="mltrain-tb-shot-"))
-    os.environ["MLTRAIN_HOME"] = str(scratch / "home")  # before prefect_mltrain is imported
-    os.environ["PREFECT_HOME"] = str(scratch / "prefect-home")
-    from prefect_mltrain import Experiment, ScriptRunConfig, Workspace, runner, server
-    from prefect_mltrain.tensorboard import Tensorboard
+    with scratch_server("mltrain-tb-shot-") as (scratch, _):
+        from prefect_mltrain import Experiment, ScriptRunConfig, Workspace
+        from prefect_mltrain.tensorboard import Tensorboard
 
-    board = None
-    try:
-        info = server.ensure_server()
-        os.environ["PREFECT_API_URL"] = info["api_url"]
         project = scratch / "project"
         project.mkdir()
         (project / "train.py").write_text(textwrap.dedent(SCRIPT))
@@ -75,25 +60,23 @@ def main(argv: list[str] | None = None) -> int:
             port = s.getsockname()[1]
         board = Tensorboard(runs, port=port)
         url = board.start()
-        deadline = time.monotonic() + 60
-        while urllib.request.urlopen(f"{url}data/plugin/scalars/tags",
-                                     timeout=10).read().count(b'"loss"') < len(runs):
-            if time.monotonic() > deadline:
-                raise RuntimeError("TensorBoard did not load both runs' scalars")
-            time.sleep(0.5)
-        time.sleep(3)  # its reload finishes before the page asks
-        page = f"{url}#scalars"  # its SVG charts render in headless Chromium (no WebGL)
-        screenshot(page, args.output.resolve(), scratch, dark=False)
-        if args.dom:
-            args.dom.write_text(chromium(page, scratch, "--dump-dom", dark=False).stdout)
-    finally:
-        if board is not None:
+        try:
+            deadline = time.monotonic() + 60
+            while urllib.request.urlopen(f"{url}data/plugin/scalars/tags",
+                                         timeout=10).read().count(b'"loss"') < len(runs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("TensorBoard did not load both runs' scalars")
+                time.sleep(0.5)
+            time.sleep(3)  # its reload finishes before the page asks
+            shown = urllib.request.urlopen(f"{url}data/runs", timeout=10).read().decode()
+            page = f"{url}#scalars"  # its SVG charts render in headless Chromium (no WebGL)
+            screenshot(page, args.output.resolve(), scratch, dark=False)
+            if args.dom:
+                args.dom.write_text(chromium(page, scratch, "--dump-dom", dark=False).stdout)
+        finally:
             board.stop()
-        runner.stop_all()
-        server.stop_server()
-        shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {args.output} ({time.monotonic() - started:.0f} s) of runs "
-          f"{' '.join(r.id for r in runs)} from {url}")
+          f"{' '.join(r.id for r in runs)} from {url}; TensorBoard's runs: {shown}")
     return 0
 
 

@@ -16,12 +16,14 @@ to that tab: it hides the tab until the run has loaded and meanwhile resets `?ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -85,16 +87,21 @@ def screenshot(url: str, output: Path, scratch: Path, dark: bool = True) -> None
     shutil.move(shot, output)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+def arguments(argv: list[str] | None, doc: str, default_output: Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=default_output)
     parser.add_argument("--dom", type=Path, help="also write the rendered page's DOM here")
     args = parser.parse_args(argv)
     if not os.access(CHROMIUM, os.X_OK):
         sys.exit(f"{CHROMIUM} not found; install it with `apt-get install -y chromium` (Debian)")
+    return args
 
-    started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix="mltrain-ui-shot-"))
+
+@contextlib.contextmanager
+def scratch_server(prefix: str) -> Iterator[tuple[Path, dict]]:
+    """A scratch MLTRAIN_HOME and PREFECT_HOME with an embedded server in them, all removed
+    at the end; yields the scratch folder and the server's addresses."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["MLTRAIN_HOME"] = str(scratch / "home")  # before prefect_mltrain is imported
     os.environ["PREFECT_HOME"] = str(scratch / "prefect-home")
     from prefect_mltrain import runner, server
@@ -103,16 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         info = server.ensure_server()
         os.environ["PREFECT_API_URL"] = info["api_url"]
         os.environ["PREFECT_UI_URL"] = info["ui_url"]
+        yield scratch, info
+    finally:
+        runner.stop_all()
+        server.stop_server()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv, __doc__, DEFAULT_OUTPUT)
+    started = time.monotonic()
+    with scratch_server("mltrain-ui-shot-") as (scratch, info):
         run_id, flow_run_id = run_demo(scratch)
         count = wait_for_flow_run(flow_run_id)
         url = f"{info['ui_url']}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts"
         screenshot(url, args.output.resolve(), scratch)
         if args.dom:
             args.dom.write_text(chromium(url, scratch, "--dump-dom").stdout)
-    finally:
-        runner.stop_all()
-        server.stop_server()
-        shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {args.output} ({count} artifacts, {time.monotonic() - started:.0f} s) "
           f"of run {run_id} from {url}")
     return 0

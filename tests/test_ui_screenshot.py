@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -45,8 +46,9 @@ def test_tensorboard_screenshot_shows_two_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--output", str(output), "--dom",
                            str(dom)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    page = dom.read_text()
-    assert "tensorboard-demo/lr=0.05" in page and "tensorboard-demo/lr=0.15" in page
+    assert dom.read_text().startswith("<!DOCTYPE html>")
+    shown = json.loads(proc.stdout.split("TensorBoard's runs: ", 1)[1])
+    assert sorted(shown) == ["tensorboard-demo/lr=0.05", "tensorboard-demo/lr=0.15"]
     data = output.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 40_000, f"screenshot looks blank ({len(data)} bytes)"
