@@ -80,19 +80,17 @@ def as_script_run_config(config: Any) -> ScriptRunConfig:
         f"submit() takes a ScriptRunConfig (or an Estimator), not {type(config).__name__}")
 
 
-def start_trial(store: RunStore, record: RunRecord, secrets: dict[str, str]) -> str | None:
-    """Start a sweep's trial like any run, shown in Prefect as a subflow of the sweep's
-    flow run (called from it): on its target's work pool (``run_deployment`` links it),
-    else in a runner here as a flow run made under the sweep's. Returns the id of the task
-    run that stands for a local trial in the sweep's flow run."""
-    from .flows import submit_run
-    from .prefect_api import subflow_run
+def trial_deployment(store: RunStore, config: ScriptRunConfig) -> str | None:
+    """Where a sweep's trials go: their target's deployment, or None to run here."""
+    return _deployment(store.ws, target_name(config.compute_target))
 
-    deployment = _deployment(store.ws, record.compute_target)
-    made = None if deployment else subflow_run(submit_run, record.run_id, {
-        "experiment": record.experiment, "run_id": record.run_id, "workspace": store.ws.url})
-    start(store, record, secrets, deployment, flow_run_id=made[0] if made else None)
-    return made[1] if made else None
+
+def start_trial(store: RunStore, record: RunRecord, secrets: dict[str, str],
+                deployment: str | None, flow_run_id: str | None = None) -> None:
+    """Start a sweep's trial like any run: on its target's work pool (``run_deployment``,
+    called from the sweep's flow, shows it as a subflow), else in a runner here — as the
+    flow run ``flow_run_id`` made beforehand under the sweep's flow run, when given."""
+    start(store, record, secrets, deployment, flow_run_id=flow_run_id)
 
 
 def _deployment(ws: Workspace, target: Any) -> str | None:

@@ -27,7 +27,7 @@ from .. import events as event_lines
 from ..layout import EVENTS, STD_LOG, run_dir
 from ..records import RunRecord, RunStatus
 from ..store import RunStore
-from ..submission import start_trial
+from ..submission import start_trial, trial_deployment
 from ..watch import Watcher, cancel
 from .config import SweepSpec
 from .parameters import argument_name, format_value
@@ -35,6 +35,7 @@ from .policies import Curve
 from .sampling import Trial
 
 POLL_SECONDS = 0.5
+SUBFLOW_WAIT_SECONDS = 10.0  # a trial whose subflow run is not made by then makes its own
 STOP_WAIT_SECONDS = 120.0  # how long ending trials are waited for when the sweep stops
 SWEEP_FILE = "sweep.json"
 PARAMETERS = "hyperparameters"  # a trial's property: its hyperparameters, as JSON
@@ -52,7 +53,7 @@ class TrialState:
     status: str = RunStatus.NOT_STARTED.value
     values: list[float] = field(default_factory=list)
     error: str | None = None
-    task_run_id: str | None = None
+    task_run_id: str | None = None  # what stands for it in the sweep's flow run
     starting: Future | None = None  # its start, in the background
     stopping: bool = False
     duration: float | None = None
@@ -108,6 +109,12 @@ class Sweep:
         self._starts = ThreadPoolExecutor(max_workers=min(8, self.spec.concurrency),
                                           thread_name_prefix="mltrain-trial-start")
         self._view = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mltrain-sweep-view")
+        self.deployment = trial_deployment(store, record.config)
+        # Trial index -> its flow run and task run in Prefect, made ahead of need: making
+        # the task run that shows a subflow under the sweep takes seconds on a busy server.
+        self._premade: dict[int, Future] = {}
+        self._makes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mltrain-subflows")
+        self._late: list[Future] = []
 
     # -- state in the workspace ---------------------------------------------------------------
 
@@ -183,6 +190,7 @@ class Sweep:
             if stop is None:
                 changed |= self._terminate()
                 changed |= self._launch()
+                self._premake()
             if changed:
                 self.save()
                 self._in_view(self.on_change, self)
@@ -194,8 +202,7 @@ class Sweep:
                          "they end by themselves")
                 break
             time.sleep(POLL_SECONDS)
-        self._starts.shutdown(wait=True)
-        self._view.shutdown(wait=True)
+        self._starts.shutdown(wait=True)  # quick: every trial's record says how it ended
         self.save(finished=True)
         if stop and stop != "max_duration_minutes":
             return RunStatus.CANCELED, stop
@@ -311,11 +318,64 @@ class Sweep:
 
     def _start_now(self, trial: TrialState, record: RunRecord) -> None:
         try:
-            trial.task_run_id = start_trial(self.store, record, self.secrets)
+            made = self._premade.pop(trial.index, None)
+            if made is None and self.deployment is None:
+                made = self._makes.submit(contextvars.copy_context().run,
+                                          self._make_subflow, trial.index)
+            try:  # a trial never waits long for its place in Prefect's view
+                made = made.result(timeout=SUBFLOW_WAIT_SECONDS) if made else None
+            except TimeoutError:
+                self._late.append(made)  # made later: it ends Cancelled, "not needed"
+                made = None
+            trial.task_run_id = made[1] if made else None
+            start_trial(self.store, record, self.secrets, self.deployment,
+                        made[0] if made else None)
         except Exception as exc:  # this trial fails; the sweep goes on
             self.store.move(self.exp, trial.run_id, RunStatus.FAILED,
                             error=f"Queued: the trial could not be started: {exc}")
             self.log(f"trial {trial.index} could not be started: {exc}")
+
+    def _make_subflow(self, index: int) -> tuple[str, str] | None:
+        """The flow run of trial ``index`` under the sweep's flow run (None: not in a flow,
+        or Prefect did not answer: the trial then makes its own flow run)."""
+        from ..flows import submit_run
+        from ..prefect_api import subflow_run
+
+        run_id = f"{self.id}_{index}"
+        try:
+            return subflow_run(submit_run, run_id, {
+                "experiment": self.exp, "run_id": run_id, "workspace": self.store.ws.url})
+        except Exception:
+            return None
+
+    def _premake(self) -> None:
+        """Make the next trials' flow runs while the current trials run."""
+        if self.deployment is not None or self.exhausted:
+            return
+        upto = min(self.spec.max_total_runs, len(self.trials) + self.spec.concurrency)
+        for index in range(len(self.trials), upto):
+            if index not in self._premade:
+                self._premade[index] = self._makes.submit(
+                    contextvars.copy_context().run, self._make_subflow, index)
+
+    def close(self) -> None:
+        """After the sweep's ending is recorded: tidy Prefect's view (flow runs made for
+        trials that did not run end Cancelled; the trials' task runs get their state)."""
+        self._starts.shutdown(wait=True)
+        self._discard_premade()
+        self._makes.shutdown(wait=True)
+        self._view.shutdown(wait=True)
+
+    def _discard_premade(self) -> None:
+        """Flow runs made for trials the sweep did not run end Cancelled in Prefect."""
+        from ..prefect_api import end_flow_run, end_task_run
+
+        for future in [*self._premade.values(), *self._late]:
+            made = future.result()
+            if made:
+                self._in_view(end_flow_run, made[0], True, "not needed: the sweep ended")
+                self._in_view(end_task_run, made[1], "Canceled", "not needed")
+        self._premade.clear()
 
     def _in_view(self, call: Callable[..., Any], *args: Any) -> None:
         """Update Prefect's view (artifacts, the trials' task runs) beside the loop."""

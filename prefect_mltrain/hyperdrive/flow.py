@@ -85,17 +85,20 @@ def hyperdrive(experiment: str, workspace: str | None = None, run_id: str | None
                        cancel_reason=lambda: watchdog.cancel_reason, log=logger.info,
                        on_change=on_change)
     try:
-        status, error = controller.run()
-    except Exception as exc:
-        status, error = RunStatus.FAILED, f"the sweep's controller failed: {exc}"
-        controller._stop_all(error)
+        try:
+            status, error = controller.run()
+        except Exception as exc:
+            status, error = RunStatus.FAILED, f"the sweep's controller failed: {exc}"
+            controller._stop_all(error)
+        finally:
+            watchdog.stop()
+        try:
+            publish(ws, experiment, run_id, _state(ws, experiment, run_id), final=True)
+        except Exception as exc:
+            logger.warning("could not publish the sweep's artifacts: %s", exc)
+        record = store.move(experiment, run_id, status, error=error)
     finally:
-        watchdog.stop()
-    try:
-        publish(ws, experiment, run_id, _state(ws, experiment, run_id), final=True)
-    except Exception as exc:
-        logger.warning("could not publish the sweep's artifacts: %s", exc)
-    record = store.move(experiment, run_id, status, error=error)
+        controller.close()
     if record.status == RunStatus.CANCELED:
         return Cancelled(message=error or "canceled")
     if record.status == RunStatus.FAILED:
