@@ -81,9 +81,14 @@ def hyperdrive(experiment: str, workspace: str | None = None, run_id: str | None
         except Exception as exc:  # a view only
             logger.debug("sweep artifact: %s", exc)
 
-    controller = Sweep(store, record, json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}"),
-                       cancel_reason=lambda: watchdog.cancel_reason, log=logger.info,
-                       on_change=on_change)
+    try:
+        controller = Sweep(store, record, json.loads(os.environ.get("MLTRAIN_SECRETS") or "{}"),
+                           cancel_reason=lambda: watchdog.cancel_reason, log=logger.info,
+                           on_change=on_change)
+    except Exception as exc:  # e.g. the trials' compute target is not there
+        watchdog.stop()
+        store.move(experiment, run_id, RunStatus.FAILED, error=f"Preparing: {exc}")
+        return Failed(message=str(exc))
     try:
         try:
             status, error = controller.run()
