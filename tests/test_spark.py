@@ -231,6 +231,27 @@ def test_a_pyspark_script_runs_on_a_standalone_cluster_saved_as_a_block(
     assert app in summary and properties["spark_ui_url"] in summary
 
 
+def test_a_pooled_spark_target_runs_on_its_work_pools_worker(ws, proj, spark_cluster):
+    from test_deployments import finish, mltrain, start_worker
+
+    created = mltrain("compute", "create", "spark-box", "--type", "spark", "--master",
+                      spark_cluster.master, "--master-ui", spark_cluster.ui, "--spark-conf",
+                      '{"spark.executor.memory": "512m"}', "--json")
+    assert created.returncode == 0, created.stderr
+    try:
+        run = Experiment(ws, "spark").submit(pyspark_config(proj, "spark-box"))
+        assert run.get_details()["deployment"]["name"] == "submit-run/spark-box"
+        out = finish(start_worker("spark-box"))
+        details = run.wait_for_completion(raise_on_error=False, timeout=RUN_TIMEOUT)
+    finally:
+        mltrain("compute", "delete", "spark-box")
+
+    assert details["status"] == "Completed", (details, out[-3000:])
+    assert run.get_metrics() == {"sum_of_squares": sum(i * i for i in range(1000))}
+    app = run.get_properties()["spark_application_id"]
+    assert {a["id"]: a["name"] for a in spark_cluster.apps("completedapps")}[app] == run.id
+
+
 # -- stopping a run stops its application ----------------------------------------------------
 
 
