@@ -13,11 +13,12 @@ import bench_env
 import bench_noop
 import bench_pool
 import bench_snapshot
+import bench_spark
 from harness import check
 
-# The benchmarks in the order they run and are reported (README's a–g), by their --only name.
+# The benchmarks in the order they run and are reported (README's a–h), by their --only name.
 # Each module has TITLE, run(args) -> its numbers, checks(numbers) and render(numbers); the
-# Docker one also unavailable() and render_skipped(reason), the no-op one install_peer().
+# Docker and Spark ones also unavailable() and render_skipped(reason), the no-op one install_peer().
 BENCHMARKS: dict[str, ModuleType] = {
     "noop": bench_noop,
     "snapshot": bench_snapshot,
@@ -26,6 +27,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "dist": bench_dist,
     "pool": bench_pool,
     "cancel": bench_cancel,
+    "spark": bench_spark,
 }
 
 

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool, cancel)
+                                                  # dist, pool, cancel, spark)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -35,6 +35,10 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
   cancel    ``run.cancel()`` → ``Canceled`` of a script that exits on SIGTERM, on local
             compute, a loopback Dask cluster and (with an engine) the Docker target, vs. a
             SIGTERM to the same script started by hand; interleaved.
+
+  spark     a ~20 s pyspark job as a ``framework="pyspark"`` run on local compute
+            (``local[*]``) vs. a bare ``spark-submit`` of the same script; interleaved. In
+            the full run only when pyspark and a Java it runs on are here.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
