@@ -6,27 +6,25 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import time
 from typing import Any
 
 from harness import (
-    RUN_TIMEOUT,
     check,
     first_submit,
     fmt_ratio,
+    fresh_server_if_alone,
     interleaved,
     ratio,
     ratio_head,
-    read_stamp,
     row,
+    run_peer,
     run_phases,
     scratch,
+    start_server,
     stats_table,
     submit_and_wait,
     summarize_runs,
-    tail,
 )
 
 TITLE = "Spark"
@@ -66,27 +64,11 @@ def unavailable() -> str | None:
     return None
 
 
-def run_bare(argv: list[str], stamp: Any, env: dict[str, str], cwd: str) -> dict[str, Any]:
-    """The peer: spark-submit of the script by hand, wall time until it exits 0, and spawn →
-    first driver line from the script's stamp."""
-    stamp.unlink(missing_ok=True)
-    t0, p0 = time.time(), time.perf_counter()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env,
-                         cwd=cwd)
-    wall = time.perf_counter() - p0
-    rec: dict[str, Any] = {"wall": wall, "ok": out.returncode == 0
-                           and "spark job: done" in out.stdout}
-    if not rec["ok"]:
-        rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
-    started = read_stamp(stamp)
-    rec["to_script_start"] = started - t0 if started else None
-    return rec
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from prefect_mltrain import Environment, Experiment, ScriptRunConfig, Workspace
     from prefect_mltrain.compute.spark_submit import spark_home
 
+    fresh_server_if_alone(args)
     reps = 3 if args.quick else 5
     root = scratch("spark")
     proj = root / "proj"
@@ -107,11 +89,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bare_env = {**os.environ, "SPARK_HOME": str(spark_home()), "BENCH_STAMP_FILE": str(stamp),
                 "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 
+    server_start = start_server()
+
     def ours() -> dict[str, Any]:
         return submit_and_wait(Experiment(ws, "spark"), config, stamp, SPARK_PHASES)
 
     def peer() -> dict[str, Any]:
-        return run_bare(bare, stamp, bare_env, str(proj))
+        return run_peer(bare, stamp, "spark job: done", env=bare_env, cwd=str(proj))
 
     first = first_submit(ours)
     warmup, raw = interleaved({"ours": ours, "spark_submit": peer}, reps)
@@ -121,7 +105,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     summary["spark_submit"][key]["median"])
                          for key in ("wall", "to_script_start")}
     shutil.rmtree(root, ignore_errors=True)
-    return {"reps": reps, "job_seconds": JOB_SECONDS, "first_submit": first,
+    return {"reps": reps, "job_seconds": JOB_SECONDS, "server_start_seconds": server_start,
+            "first_submit": first,
             "warmup": warmup, "raw": raw, "summary": summary}
 
 
