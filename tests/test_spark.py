@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -268,12 +269,12 @@ def test_a_timeout_stops_the_driver_and_the_application(ws, proj, spark_cluster)
     target = SparkCompute(master=spark_cluster.master, master_ui=spark_cluster.ui,
                           conf={"spark.executor.memory": "512m"})
     run = Experiment(ws, "spark").submit(pyspark_config(
-        proj, target, "sleeps.py", max_run_duration_seconds=25))
+        proj, target, "sleeps.py", max_run_duration_seconds=20))
 
     details = run.wait_for_completion(raise_on_error=False, timeout=RUN_TIMEOUT)
 
     assert details["status"] == "Canceled", details
-    assert "max_run_duration_seconds=25" in details["error"] and details["exit_code"] == 143
+    assert "max_run_duration_seconds=20" in details["error"] and details["exit_code"] == 143
     assert_application_gone(spark_cluster, run)
 
 
@@ -291,6 +292,24 @@ def test_a_cancel_stops_the_driver_and_the_application(ws, proj, spark_cluster):
     details = run.wait_for_completion(raise_on_error=False, timeout=RUN_TIMEOUT)
 
     assert details["status"] == "Canceled", details
+    assert_application_gone(spark_cluster, run)
+
+
+def test_a_killed_runner_leaves_no_application_on_the_cluster(ws, proj, spark_cluster):
+    from prefect_mltrain.compute import SparkCompute
+
+    target = SparkCompute(master=spark_cluster.master, master_ui=spark_cluster.ui,
+                          conf={"spark.executor.memory": "512m"})
+    run = Experiment(ws, "spark").submit(pyspark_config(proj, target, "sleeps.py"))
+    spark_cluster.wait_until(lambda: [a for a in spark_cluster.apps() if a["name"] == run.id]
+                             and spark_cluster.executors(), RUN_TIMEOUT,
+                             "the run's application running on the cluster")
+
+    runner = ws.read_json(f"{run._dir}/heartbeat.json")["pid"]
+    os.kill(runner, signal.SIGKILL)  # the guard sees its lifeline cut and stops the driver
+    details = run.wait_for_completion(raise_on_error=False, timeout=RUN_TIMEOUT)
+
+    assert details["status"] == "Failed", details
     assert_application_gone(spark_cluster, run)
 
 
