@@ -414,16 +414,17 @@ def submit_and_wait(exp: Any, config: Any, stamp: Path,
     return rec
 
 
-def run_peer(argv: list[str], stamp: Path, **kwargs: Any) -> dict[str, Any]:
-    """A peer's command line, wall time until it exits 0 having printed the no-op's line,
-    and spawn → script start from the script's ``stamp``."""
+def run_peer(argv: list[str], stamp: Path, expect: str = "noop: hello",
+             **kwargs: Any) -> dict[str, Any]:
+    """A peer's command line, wall time until it exits 0 having printed ``expect`` (the
+    no-op's line), and spawn → script start from the script's ``stamp``."""
     stamp.unlink(missing_ok=True)
     t0 = time.time()
     p0 = time.perf_counter()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, **kwargs)
     wall = time.perf_counter() - p0
     rec: dict[str, Any] = {"wall": wall, "ok": out.returncode == 0
-                           and "noop: hello" in out.stdout}
+                           and expect in out.stdout}
     if not rec["ok"]:
         rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
     started = read_stamp(stamp)

@@ -14,11 +14,12 @@ import bench_noop
 import bench_pool
 import bench_snapshot
 import bench_sweep
+import bench_spark
 from harness import check
 
-# The benchmarks in the order they run and are reported (README's a–h), by their --only name.
+# The benchmarks in the order they run and are reported (README's a–i), by their --only name.
 # Each module has TITLE, run(args) -> its numbers, checks(numbers) and render(numbers); the
-# Docker one also unavailable() and render_skipped(reason), the no-op one install_peer().
+# Docker and Spark ones also unavailable() and render_skipped(reason), the no-op one install_peer().
 BENCHMARKS: dict[str, ModuleType] = {
     "noop": bench_noop,
     "snapshot": bench_snapshot,
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "pool": bench_pool,
     "cancel": bench_cancel,
     "sweep": bench_sweep,
+    "spark": bench_spark,
 }
 
 

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool, cancel, sweep)
+                                                  # dist, pool, cancel, sweep, spark)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -39,6 +39,10 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
             running the same script as a subprocess per trial (``n_jobs=4``); and the
             trial-seconds a ``BanditPolicy`` saves on a synthetic learning curve vs. the same
             sweep (same seed) with no policy; interleaved.
+
+  spark     a ~20 s pyspark job as a ``framework="pyspark"`` run on local compute
+            (``local[*]``) vs. a bare ``spark-submit`` of the same script; interleaved. In
+            the full run only when pyspark and a Java it runs on are here.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """

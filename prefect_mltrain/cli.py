@@ -467,14 +467,16 @@ def snapshot(source_directory: str, common: Common = _NO_COMMON) -> int:
 
 
 @compute_app.command(name="create")
-def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local",
+def compute_create(name: str, type: Literal["local", "docker", "dask", "spark"] = "local",
                    base_url: str | None = None, image: str | None = None,
                    network_mode: str | None = None, shm_size: str | None = None,
                    mem_limit: str | None = None, cpus: float | None = None,
                    gpus: str | None = None, address: str | None = None,
                    scheduler_file: str | None = None, cluster_class: str | None = None,
                    cluster_kwargs: str | None = None, concurrency_limit: int | None = None,
-                   python: str | None = None, common: Common = _NO_COMMON) -> int:
+                   python: str | None = None, master: str | None = None,
+                   spark_conf: str | None = None, master_ui: str | None = None,
+                   executor_python: str | None = None, common: Common = _NO_COMMON) -> int:
     """Create or update a compute target: its block, work pool NAME and deployment
     ``submit-run/NAME``. Then start a worker where the target lives:
     ``prefect worker start --pool NAME``.
@@ -512,6 +514,14 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
     python
         The workers' Python (with prefect-mltrain), e.g. /opt/venv/bin/python: each run
         then starts ~3 s sooner (no supervisor process). It must exist on every worker.
+    master
+        spark: master, e.g. spark://10.0.0.7:7077 or local[*].
+    spark_conf
+        spark: JSON Spark properties, e.g. '{"spark.executor.memory": "2g"}'.
+    master_ui
+        spark: the standalone master's web UI (default http://MASTER_HOST:8080).
+    executor_python
+        spark: the executors' interpreter, at that path on every worker.
     """
     from .compute.registry import from_options
     from .pools import create_target
@@ -521,6 +531,8 @@ def compute_create(name: str, type: Literal["local", "docker", "dask"] = "local"
         "shm_size": shm_size, "mem_limit": mem_limit, "cpus": cpus, "gpus": gpus,
         "address": address, "scheduler_file": scheduler_file, "cluster_class": cluster_class,
         "cluster_kwargs": _json_option("--cluster-kwargs", cluster_kwargs),
+        "master": master, "conf": _json_option("--spark-conf", spark_conf),
+        "master_ui": master_ui, "executor_python": executor_python,
     }.items() if v is not None}
     target = from_options(type, settings)
     info = create_target(name, target, concurrency_limit=concurrency_limit, python=python)

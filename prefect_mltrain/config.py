@@ -59,6 +59,28 @@ class TensorflowConfiguration(_Model):
         return self.worker_count + self.parameter_server_count
 
 
+class SparkConfiguration(_Model):
+    """v1's ``run_config.spark``: Spark properties of a ``framework="pyspark"`` run, merged
+    over its Spark target's ``conf`` (the run's value wins)."""
+
+    configuration: dict[str, str] = Field(
+        default_factory=dict, description="Spark properties, e.g. "
+        "{'spark.sql.shuffle.partitions': '8'}.")
+
+    @field_validator("configuration", mode="before")
+    @classmethod
+    def _as_strings(cls, value: Any) -> Any:
+        return spark_properties(value)
+
+
+def spark_properties(value: Any) -> Any:
+    """Spark properties as Spark reads them, strings (``True`` is ``"true"``)."""
+    if isinstance(value, dict):
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in value.items()}
+    return value
+
+
 DistributedConfig = Annotated[
     MpiConfiguration | PyTorchConfiguration | TensorflowConfiguration,
     Field(discriminator="kind"),
@@ -106,9 +128,12 @@ class ScriptRunConfig(_Model):
         None, description="MPI, PyTorch or TensorFlow distributed job settings."
     )
     framework: Literal["python", "pyspark"] = Field(
-        "python", description="'python', or 'pyspark' (accepted; submitting it is not "
-        "supported yet)."
+        "python", description="'python', or 'pyspark': the script runs as a Spark "
+        "application through spark-submit (on a SparkCompute target, or local[*] on local)."
     )
+    spark: SparkConfiguration = Field(
+        default_factory=SparkConfiguration,
+        description="Spark properties of a pyspark run (v1's run_config.spark).")
 
     def __init__(self, source_directory: Any = ".", script: str | None = None, /,
                  run_config: RunConfiguration | None = None, **data: Any):
@@ -214,21 +239,30 @@ def _recorded(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("recorded"))
 
 
-def check_submittable(config: ScriptRunConfig) -> None:
-    """What a config may say but no target can run yet: one clear error at submit."""
-    if config.framework == "pyspark":
+def check_submittable(config: ScriptRunConfig, target: Any = None) -> None:
+    """What a config may say but its target cannot run: one clear error before anything
+    starts. ``target`` is the resolved target (else the config's own, when it is an
+    object); a target says what it runs with ``check_framework``."""
+    if config.framework == "pyspark" and config.script is None:
         raise ConfigurationError(
-            "framework='pyspark' is not supported yet (Spark runs are a coming feature): "
-            "set src.run_config.framework = 'python' and start Spark from the script, "
-            "e.g. with pyspark's SparkSession.builder")
+            "framework='pyspark' runs a script through spark-submit: give script= "
+            "(e.g. ScriptRunConfig('proj', 'train_spark.py')), not command=")
+    if config.framework == "pyspark" and config.distributed_job_config is not None:
+        raise ConfigurationError(
+            "framework='pyspark' with a distributed_job_config: Spark spreads the work over "
+            "its executors itself; remove distributed_job_config (size the job with "
+            "run_config.spark.configuration, e.g. spark.executor.instances)")
+    target = config.compute_target if target is None else target
+    if hasattr(target, "check_framework"):
+        target.check_framework(config.framework)
 
 
 class RunConfiguration:
     """Azure ML v1's ``RunConfiguration``, as ``src.run_config`` of a ``ScriptRunConfig``.
 
     It is a view: reading or setting ``target``, ``environment``, ``arguments``,
-    ``framework``, ``node_count``, ``max_run_duration_seconds``, ``script`` or ``command``
-    reads or sets the config's own field (``target`` is ``compute_target``; ``node_count``
+    ``framework``, ``spark``, ``node_count``, ``max_run_duration_seconds``, ``script`` or
+    ``command`` reads or sets the config's own field (``target`` is ``compute_target``; ``node_count``
     is the distributed configuration's). Made on its own (``RunConfiguration()``), it holds
     the settings until ``ScriptRunConfig(..., run_config=rc)`` takes them.
 
@@ -242,7 +276,8 @@ class RunConfiguration:
 
     _FIELDS = {"target": "compute_target", "environment": "environment",
                "arguments": "arguments", "framework": "framework", "script": "script",
-               "command": "command", "max_run_duration_seconds": "max_run_duration_seconds"}
+               "command": "command", "max_run_duration_seconds": "max_run_duration_seconds",
+               "spark": "spark"}
 
     def __init__(self, script: str | None = None, arguments: list[Any] | None = None,
                  framework: str | None = None, command: Any = None, *,
@@ -279,7 +314,10 @@ class RunConfiguration:
             return getattr(self._config, field)
         if field in self._values:
             return self._values[field]
-        return ScriptRunConfig.model_fields[field].get_default(call_default_factory=True)
+        value = ScriptRunConfig.model_fields[field].get_default(call_default_factory=True)
+        if field == "spark":  # kept, so that ``rc.spark.configuration = {...}`` holds
+            self._values[field] = value
+        return value
 
     def _set_node_count(self, value: Any) -> None:
         dist = self._source("distributed_job_config")

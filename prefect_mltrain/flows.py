@@ -194,7 +194,8 @@ def collect_artifacts(workspace: str, experiment: str, run_id: str,
     logged = store.events(experiment, run_id)
     metrics, files = event_lines.metrics(logged), store.file_names(experiment, run_id)
     details = {**record.model_dump(mode="json"), **(outcome or {}),
-               "tags": event_lines.tags(logged, record.tags)}
+               "tags": event_lines.tags(logged, record.tags),
+               "properties": {**event_lines.properties(logged), **record.properties}}
     key = run_id.lower().replace("_", "-")[-60:].strip("-")
     create_markdown_artifact(key=f"run-{key}", markdown=mask(_summary_markdown(details, files),
                                                              secrets or []),
@@ -337,6 +338,7 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
             store.set(experiment, run_id,
                       snapshot_id=snapshot(ws.url, config.source_directory))
         target = resolve_compute_target(config.compute_target)
+        check_submittable(config, target)
         target.check(stop=lambda: bool(watchdog.cancel_reason),
                      distributed=config.distributed_job_config)
         prepared = build_environment(target, config.environment, ws.url,
@@ -384,6 +386,8 @@ def _summary_markdown(details: dict[str, Any], files: list[str]) -> str:
             ("Duration", duration), ("Snapshot", (details.get("snapshot_id") or "")[:12]),
             ("Compute target", details.get("compute_target")),
             ("Tags", ", ".join(f"{k}={v}" for k, v in (details.get("tags") or {}).items())),
+            ("Properties", ", ".join(f"{k}={v}" for k, v in
+                                     (details.get("properties") or {}).items())),
             ("Error", details.get("error"))]
     table = "\n".join(f"| {k} | {v if v is not None else ''} |" for k, v in rows)
     text = f"# Run `{details['run_id']}`\n\n| | |\n|---|---|\n{table}\n"

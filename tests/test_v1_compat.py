@@ -323,15 +323,23 @@ def test_a_run_configuration_made_beforehand_is_taken_by_the_config(proj):
                                                                     "python")
 
 
-def test_pyspark_is_accepted_and_submitting_it_says_not_yet(ws, proj):
-    src = ScriptRunConfig(proj, "train.py")
+def test_pyspark_is_accepted_and_needs_a_target_that_runs_spark(ws, proj):
+    from prefect_mltrain.compute import DaskCompute
+
+    src = ScriptRunConfig(proj, "train.py", compute_target=DaskCompute(address="tcp://x:1"))
     src.run_config.framework = "PySpark"
     assert src.framework == "pyspark"
+    src.run_config.spark.configuration = {"spark.sql.shuffle.partitions": 8}  # Azure's name
+    assert src.spark.configuration == {"spark.sql.shuffle.partitions": "8"}
     with pytest.raises(ValidationError, match="'python' or 'pyspark'"):
         src.run_config.framework = "r"
-    with pytest.raises(ConfigurationError, match="pyspark' is not supported yet"):
+    with pytest.raises(ConfigurationError, match="runs on a SparkCompute target"):
         Experiment(ws, "v1").submit(src)
     assert Experiment(ws, "v1").get_runs() == []  # nothing recorded
+    rc = RunConfiguration(framework="pyspark")
+    rc.spark.configuration = {"spark.executor.memory": "2g"}
+    assert ScriptRunConfig(proj, "train.py", run_config=rc).spark.configuration == {
+        "spark.executor.memory": "2g"}
 
 
 # -- 6. Environment as v1 writes it ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Compute targets: where a run's script executes (local processes, Docker, Dask).
+"""Compute targets: where a run's script executes (local processes, Docker, Dask, Spark).
 
 ``base.py`` is the seam (``prepare`` then ``launch``), ``registry.py`` names and finds
 targets, one module per target implements it, and ``jobs.py``/``process.py``/``gang.py``
@@ -15,6 +15,7 @@ _EXPORTS = {
     "LocalCompute": "local",
     "DockerCompute": "docker",
     "DaskCompute": "dask",
+    "SparkCompute": "spark",
     "resolve_compute_target": "registry",
 }
 __all__ = sorted(_EXPORTS)

@@ -18,6 +18,7 @@ from prefect.blocks.core import Block
 
 from ..config import ScriptRunConfig
 from ..environment import Environment
+from ..errors import ConfigurationError
 from .jobs import Job
 
 OnLine = Callable[[str], None]
@@ -71,6 +72,17 @@ class ComputeTarget(Block):
         """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now, or
         can never hold the ``distributed`` job (its configuration) — before anything is
         built (and ``RunCanceledError`` when ``stop()`` turns true while it waits)."""
+
+    def check_framework(self, framework: str) -> None:
+        """Raise ``ConfigurationError`` when this target cannot run ``framework`` scripts
+        (``ComputeTargetUnavailableError`` when what they need is missing here)."""
+        if framework != "python":
+            raise ConfigurationError(
+                f"framework={framework!r} cannot run on {type(self).__name__} "
+                f"{self.describe()!r}: a pyspark script "
+                "runs on a SparkCompute target (master='spark://HOST:7077' or 'local[*]') "
+                "or on 'local' (local[*]); submit it there, or set "
+                "src.run_config.framework = 'python'")
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:

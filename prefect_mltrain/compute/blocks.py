@@ -8,5 +8,6 @@ looks a block type up by slug, so a recorded or saved target resolves in any pro
 from .dask import DaskCompute
 from .docker import DockerCompute
 from .local import LocalCompute
+from .spark import SparkCompute
 
-__all__ = ["DaskCompute", "DockerCompute", "LocalCompute"]
+__all__ = ["DaskCompute", "DockerCompute", "LocalCompute", "SparkCompute"]

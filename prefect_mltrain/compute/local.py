@@ -18,6 +18,7 @@ from .base import ComputeTarget, LaunchSpec, OnLine, Prepared, Stop, never
 from .gang import GangJob
 from .jobs import Job, script_env
 from .process import GuardedProcess
+from .spark_submit import SparkJob, find_java, spark_home
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,7 +27,8 @@ class LocalCompute(ComputeTarget):
     """Run on this machine, in the restored snapshot, as its own process group.
 
     A distributed job's ranks are local processes: through ``mpiexec`` for MPI, else one
-    process per rank with the torchrun / ``TF_CONFIG`` contract.
+    process per rank with the torchrun / ``TF_CONFIG`` contract. A ``framework="pyspark"``
+    script runs through ``spark-submit`` on a ``local[*]`` master.
 
     Example:
         ```python
@@ -37,6 +39,11 @@ class LocalCompute(ComputeTarget):
     _block_type_name = "Local Compute"
     _block_type_slug = "mltrain-local-compute"
     _description = "Runs prefect-mltrain training scripts as local processes."
+
+    def check_framework(self, framework: str) -> None:
+        if framework == "pyspark":  # spark-submit and its Java, before anything is built
+            spark_home()
+            find_java()
 
     def prepare(self, environment: Environment | None, on_line: OnLine,
                 stop: Stop = never) -> Prepared:
@@ -50,6 +57,8 @@ class LocalCompute(ComputeTarget):
             "name": environment.name if environment else "default", **built.record()})
 
     def launch(self, spec: LaunchSpec) -> Job:
+        if spec.config.framework == "pyspark":
+            return SparkJob(spec, "local[*]", spec.config.spark.configuration)
         env = script_env(spec.env, spec.prepared.interpreter)
         plan = plan_ranks(spec.distributed)
         if plan is None:

@@ -12,7 +12,8 @@ from typing import Any
 from ..errors import ComputeTargetUnavailableError, ConfigurationError
 
 BUILTIN = "local"  # this machine: never a saved block, never routed through a work pool
-KINDS = {"local": "LocalCompute", "docker": "DockerCompute", "dask": "DaskCompute"}
+KINDS = {"local": "LocalCompute", "docker": "DockerCompute", "dask": "DaskCompute",
+         "spark": "SparkCompute"}
 
 
 def target_name(target: Any) -> str | dict[str, Any]:
@@ -39,9 +40,9 @@ def saved_target_name(recorded: Any) -> str | None:
 
 def target_classes() -> list[type]:
     """Every compute target class (importing them registers their block types)."""
-    from .blocks import DaskCompute, DockerCompute, LocalCompute
+    from .blocks import DaskCompute, DockerCompute, LocalCompute, SparkCompute
 
-    return [LocalCompute, DockerCompute, DaskCompute]
+    return [LocalCompute, DockerCompute, DaskCompute, SparkCompute]
 
 
 def resolve_compute_target(target: Any) -> Any:
@@ -72,7 +73,7 @@ def resolve_compute_target(target: Any) -> Any:
 
 
 def from_options(kind: str, settings: dict[str, Any]) -> Any:
-    """A target of ``kind`` (local | docker | dask) from settings given at a terminal."""
+    """A target of ``kind`` (local | docker | dask | spark) from settings given at a terminal."""
     if kind not in KINDS:
         raise ConfigurationError(f"unknown target type {kind!r}: use one of {', '.join(KINDS)}")
     from . import blocks
