@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,11 +33,37 @@ def mltrain(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, env=dict(os.environ))
 
 
-def start_worker(pool: str) -> subprocess.Popen:
-    """A real Prefect worker that runs what is waiting in ``pool`` and then exits."""
+def start_worker(pool: str, run_once: bool = True) -> subprocess.Popen:
+    """A real Prefect worker of ``pool``: by default it runs what is waiting and exits."""
     return subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                             "--run-once"], env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             *(["--run-once"] if run_once else [])], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def serve_until_final(pool: str, flow_run_ids: list) -> str:
+    """A long-running worker of ``pool`` until every one of ``flow_run_ids`` is final.
+
+    A pool's concurrency limit holds back what a `--run-once` worker takes in its one
+    poll; a worker that keeps polling runs the rest as slots free, as a user's does.
+    """
+    from prefect.client.orchestration import get_client
+
+    worker = start_worker(pool, run_once=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    try:
+        with get_client(sync_client=True) as client:
+            while not all(client.read_flow_run(i).state.is_final() for i in flow_run_ids):
+                if time.monotonic() > deadline or worker.poll() is not None:
+                    break
+                time.sleep(1)
+    finally:
+        worker.send_signal(signal.SIGINT)  # what Ctrl-C does to a worker at a terminal
+        try:
+            out, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+    return out
 
 
 def finish(worker: subprocess.Popen) -> str:
@@ -182,7 +209,9 @@ def test_repository_deployments_run_with_prefect_cli_and_run_deployment(cpu_box,
             "primary_metric_name": "mse", "primary_metric_goal": "MINIMIZE",
             "max_total_runs": 4}})
 
-    out = finish(start_worker("cpu-box"))
+    # cpu-box may hold a concurrency limit of 2 (set by the first test): three runs then
+    # take two rounds of the worker
+    out = serve_until_final("cpu-box", [cli_run_id, nightly.id, sweep.id])
     for flow_run_id in (cli_run_id, nightly.id, sweep.id):
         assert flow_run(flow_run_id).state.is_completed(), out[-4000:]
     [swept] = Experiment(Workspace(ws), "sweep").get_runs()
