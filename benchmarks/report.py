@@ -13,8 +13,8 @@ import bench_env
 import bench_noop
 import bench_pool
 import bench_snapshot
-import bench_sweep
 import bench_spark
+import bench_sweep
 from harness import check
 
 # The benchmarks in the order they run and are reported (README's a–i), by their --only name.

@@ -313,15 +313,14 @@ class Sweep:
         self._start(trial, record)
 
     def _start(self, trial: TrialState, record: RunRecord) -> None:
+        if self.deployment is None:  # its own place in Prefect queues before later trials'
+            self._make_ahead(trial.index)
         context = contextvars.copy_context()  # the sweep's flow run, for the trial's subflow
         trial.starting = self._starts.submit(context.run, self._start_now, trial, record)
 
     def _start_now(self, trial: TrialState, record: RunRecord) -> None:
         try:
             made = self._premade.pop(trial.index, None)
-            if made is None and self.deployment is None:
-                made = self._makes.submit(contextvars.copy_context().run,
-                                          self._make_subflow, trial.index)
             try:  # a trial never waits long for its place in Prefect's view
                 made = made.result(timeout=SUBFLOW_WAIT_SECONDS) if made else None
             except TimeoutError:
@@ -354,9 +353,12 @@ class Sweep:
             return
         upto = min(self.spec.max_total_runs, len(self.trials) + self.spec.concurrency)
         for index in range(len(self.trials), upto):
-            if index not in self._premade:
-                self._premade[index] = self._makes.submit(
-                    contextvars.copy_context().run, self._make_subflow, index)
+            self._make_ahead(index)
+
+    def _make_ahead(self, index: int) -> None:
+        if index not in self._premade:
+            self._premade[index] = self._makes.submit(
+                contextvars.copy_context().run, self._make_subflow, index)
 
     def close(self) -> None:
         """After the sweep's ending is recorded: tidy Prefect's view (flow runs made for

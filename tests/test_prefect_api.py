@@ -1,0 +1,109 @@
+"""Calls to the Prefect API that must not stall: a write that lost a race for the embedded
+server's database (503) is retried soon, not after Prefect's 2, 4, 8 s waits.
+
+The server here is a real HTTP server answering with the status codes a Prefect server
+gives; the client is Prefect's own."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+from prefect_mltrain import prefect_api
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    """Answers the codes in ``server.codes`` in turn, then 200 with a JSON body."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.server.seen += 1
+        code = self.server.codes.pop(0) if self.server.codes else 200
+        body = b'{"detail": "database is locked"}' if code != 200 else b'{"ok": true}'
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def api():
+    """The server, and Prefect's settings pointing at it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    server.codes, server.seen = [], 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{server.server_port}/api"}):
+        yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def pauses(monkeypatch):
+    """Every pause taken in this process (ours and Prefect's client's), taken but recorded."""
+    taken = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        taken.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return taken
+
+
+def read_flow_run():
+    with prefect_api.quick_client() as client:
+        client.read_flow_run(uuid.uuid4())
+
+
+def test_a_lost_race_is_retried_soon_below_prefects_client(api, pauses):
+    api.codes = [503, 503, 503, 404]
+
+    with pytest.raises(ObjectNotFound):  # the answer after the lost races reaches the caller
+        read_flow_run()
+
+    assert api.seen == 4
+    assert len(pauses) == 3 and max(pauses) < 1.0  # 50 ms doubling, not Prefect's 2, 4, 8 s
+
+
+@pytest.mark.parametrize("code", [400, 409, 422, 500])
+def test_any_other_answer_is_not_retried_here(api, pauses, code):
+    api.codes = [code]
+
+    with pytest.raises(httpx.HTTPStatusError) as raised:
+        read_flow_run()
+
+    assert raised.value.response.status_code == code
+    assert api.seen == 1 and pauses == []
+
+
+def test_a_server_that_stays_locked_is_handed_to_prefects_client(api, pauses, monkeypatch):
+    api.codes = [503] * 1000
+    monkeypatch.setattr(prefect_api, "LOST_RACE_PATIENCE_SECONDS", 0.3)
+
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            pytest.raises(httpx.HTTPStatusError) as raised:
+        read_flow_run()
+
+    assert raised.value.response.status_code == 503
+    ours = [p for p in pauses if p < 1.0]
+    assert 2 <= api.seen < 1000 and sum(ours) <= 0.3 * 1.5  # within its patience
+
+
+def test_a_remote_api_keeps_prefects_own_transport():
+    with temporary_settings({PREFECT_API_URL: "https://api.prefect.example/api"}):
+        client = prefect_api.quick_client()
+    assert not any(isinstance(t, prefect_api.QuickRetries)
+                   for t in [client._client._transport, *client._client._mounts.values()])
