@@ -10,19 +10,13 @@ its tasks and artifacts in ``flows.py``.
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from typing import Any
-
-import httpx
 
 from .compute.registry import resolve_compute_target, saved_target_name
 from .records import Deployment
 from .server import using_server
 
 FLOW_NAME = "submit-run"
-# How long a write that lost a race for the embedded server's SQLite database is retried.
-LOST_RACE_PATIENCE_SECONDS = 30.0
 
 
 def deployment_name(target: str) -> str:
@@ -159,33 +153,14 @@ def subflow_run(flow: Any, name: str, parameters: dict[str, Any]) -> tuple[str, 
     return str(flow_run.id), str(task_run.id)
 
 
-class QuickRetries(httpx.HTTPTransport):
-    """An HTTP transport that retries a 503 soon, for a Prefect server on this machine.
-
-    The embedded server's SQLite database answers 503 ("database is locked") at once to a
-    write that lost a race with another writer. Prefect's client then waits 2, 4, 8 s (and
-    2 s even with its retries set to 0), which a sweep starting many trials together feels
-    on every trial. Below the client, this retries after 50 ms, doubling to 1 s, jittered,
-    for up to ``LOST_RACE_PATIENCE_SECONDS``, then hands the 503 up to Prefect's client.
-    """
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        deadline = time.monotonic() + LOST_RACE_PATIENCE_SECONDS
-        pause = 0.05
-        while True:
-            response = super().handle_request(request)
-            if response.status_code != 503 or time.monotonic() + pause > deadline:
-                return response
-            response.close()
-            time.sleep(pause * random.uniform(0.5, 1.5))
-            pause = min(pause * 2, 1.0)
-
-
 def quick_client() -> Any:
     """A sync Prefect client for writes that race others: through ``QuickRetries`` when the
     API is on this machine (a remote server's proxies and retries are left as they are)."""
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
+
+    from .quick_retries import QuickRetries
 
     url = PREFECT_API_URL.value()
     if url and httpx.URL(url).host in ("127.0.0.1", "localhost", "::1"):

@@ -16,7 +16,7 @@ import pytest
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-from prefect_mltrain import prefect_api
+from prefect_mltrain import prefect_api, quick_retries
 
 
 class Answers(http.server.BaseHTTPRequestHandler):
@@ -91,7 +91,7 @@ def test_any_other_answer_is_not_retried_here(api, pauses, code):
 
 def test_a_server_that_stays_locked_is_handed_to_prefects_client(api, pauses, monkeypatch):
     api.codes = [503] * 1000
-    monkeypatch.setattr(prefect_api, "LOST_RACE_PATIENCE_SECONDS", 0.3)
+    monkeypatch.setattr(quick_retries, "LOST_RACE_PATIENCE_SECONDS", 0.3)
 
     with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), \
             pytest.raises(httpx.HTTPStatusError) as raised:
@@ -105,5 +105,5 @@ def test_a_server_that_stays_locked_is_handed_to_prefects_client(api, pauses, mo
 def test_a_remote_api_keeps_prefects_own_transport():
     with temporary_settings({PREFECT_API_URL: "https://api.prefect.example/api"}):
         client = prefect_api.quick_client()
-    assert not any(isinstance(t, prefect_api.QuickRetries)
+    assert not any(isinstance(t, quick_retries.QuickRetries)
                    for t in [client._client._transport, *client._client._mounts.values()])
