@@ -10,8 +10,8 @@ Layout (relative to the root)::
 
 Writes are atomic: one put on object stores and in memory, write-then-rename on disks.
 Read-modify-write of a shared file goes through ``Workspace.lock``: an exclusive create of
-a lock object, which fsspec offers on every store (``O_EXCL`` on disks, ``If-None-Match``
-on S3).
+a lock object (``O_EXCL`` on disks, ``If-None-Match`` on S3, fsspec's ``mode="create"``
+elsewhere).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -276,8 +277,7 @@ class Workspace:
         deadline, pause = time.monotonic() + timeout, 0.005
         while True:
             try:  # the lease starts when the lock is taken, not when the wait began
-                self.fs.pipe_file(lock, json.dumps({**owner, "time": time.time()}).encode(),
-                                  mode="create")
+                self._create(lock, json.dumps({**owner, "time": time.time()}).encode())
                 break
             except FileExistsError:
                 self._break_if_stale(lock)
@@ -294,6 +294,20 @@ class Workspace:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(lock)
 
+    def _create(self, path: str, data: bytes) -> None:
+        """Write ``path`` only if it does not exist (``FileExistsError`` if it does), as one
+        step no other writer can get between. fsspec's local ``mode="create"`` is a look
+        and then an open, which two processes can both pass, so disks use ``O_EXCL``."""
+        if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        elif self.protocol == "memory":  # one process: its threads take turns
+            with _MEMORY_CREATE:
+                self.fs.pipe_file(path, data, mode="create")
+        else:
+            self.fs.pipe_file(path, data, mode="create")
+
     def _lock_owner(self, lock: str) -> str | None:
         try:
             return json.loads(self.fs.cat_file(lock)).get("id")
@@ -303,8 +317,13 @@ class Workspace:
     def _break_if_stale(self, lock: str) -> None:
         try:
             held = json.loads(self.fs.cat_file(lock))
-        except (FileNotFoundError, ValueError):
-            return  # released meanwhile, or being written: judge it by the next look
+        except FileNotFoundError:
+            return  # released meanwhile
+        except ValueError:  # being written, or left empty by a writer that died in between
+            try:
+                held = {"id": None, "time": _modified(self.fs.info(lock))}
+            except FileNotFoundError:
+                return
         if time.time() - float(held.get("time", 0)) > LOCK_LEASE_SECONDS \
                 and self._lock_owner(lock) == held.get("id"):  # still the stale one
             with contextlib.suppress(FileNotFoundError):
@@ -335,6 +354,20 @@ class Workspace:
     def list_experiments(self) -> list[str]:
         return self.list_dir("experiments")
 
+
+
+_MEMORY_CREATE = threading.Lock()
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """A file's modification time, as fsspec's backends spell it (now, if none does)."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+    return time.time()
 
 
 def _without_secrets(options: Any) -> Any:

@@ -119,6 +119,39 @@ def test_a_writer_that_waited_longer_than_the_lease_still_holds_the_lock_alone(w
     assert overlaps == []
 
 
+COUNTER = """
+import sys
+from prefect_mltrain import Workspace
+ws = Workspace(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    with ws.lock("counter.json"):
+        ws.write_json("counter.json", ws.read_json("counter.json", 0) + 1)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_processes_racing_for_a_local_lock_never_hold_it_together(tmp_path):
+    """Many processes taking one lock with nothing between their read and write: every
+    increment counts. (fsspec's local ``mode="create"`` is a look and then an open: two
+    writers could both pass the look, and twenty concurrent submits shared a run number.)"""
+    ws, per = Workspace(tmp_path / "ws"), 40
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, ws.url, str(per)])
+             for _ in range(8)]
+    assert [p.wait(timeout=100) for p in procs] == [0] * 8
+    assert ws.read_json("counter.json") == 8 * per
+
+
+def test_an_empty_lock_left_by_a_writer_that_died_while_taking_it_is_broken(ws, monkeypatch):
+    from prefect_mltrain import workspace
+
+    ws.write_bytes(".shared.json.lock", b"")  # created, never written
+    monkeypatch.setattr(workspace, "LOCK_LEASE_SECONDS", 0.5)
+    time.sleep(1.0)
+    with ws.lock("shared.json", timeout=5):
+        ws.write_json("shared.json", 1)
+    assert ws.read_json("shared.json") == 1 and not ws.exists(".shared.json.lock")
+
+
 def test_an_ended_run_stays_ended(ws):
     store = RunStore(ws)
     record = store.create("final", status=RunStatus.RUNNING)
