@@ -34,12 +34,19 @@ _EXPORTS = {
     "PyTorch": "estimator",
     "TensorFlow": "estimator",
     "submit_run": "flows",
+    "Datastore": "data",
+    "Dataset": "data",
+    "FileDataset": "data",
+    "TabularDataset": "data",
+    "DataReference": "data",
+    "DatasetConsumptionConfig": "data",
+    "OutputFileDatasetConfig": "data",
 }
 _EXPORTS.update({name: "errors" for name in (
     "MLTrainError", "WorkspaceError", "ConfigurationError", "SnapshotError",
     "SnapshotTooLargeError", "EnvironmentBuildError", "ComputeTargetUnavailableError",
     "RunNotFoundError", "UnsafePathError", "RunFailedError", "RunContextError",
-    "ImmutablePropertyError",
+    "ImmutablePropertyError", "DataError",
 )})
 
 __all__ = sorted(_EXPORTS)

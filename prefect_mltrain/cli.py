@@ -35,7 +35,10 @@ compute_app = App(name="compute", help="Compute targets: a saved block, a work p
                                        "deployment of submit-run each.")
 env_app = App(name="env", help="Environments: list the curated and registered ones, build one.")
 server_app = App(name="server", help="The embedded local Prefect server.")
-for sub in (runs_app, compute_app, env_app, server_app):
+datastore_app = App(name="datastore", help="Datastores: named places for data on any fsspec "
+                                           "store.")
+dataset_app = App(name="dataset", help="Datasets: registered, versioned files in datastores.")
+for sub in (runs_app, compute_app, env_app, server_app, datastore_app, dataset_app):
     app.command(sub)
 
 _NO_COMMON = Common()
@@ -643,6 +646,105 @@ def server_status(common: Common = _NO_COMMON) -> int:
 
     info = server.running_server() or {"running": False}
     _emit(common, info, f"running at {info['api_url']}" if "api_url" in info else "not running")
+    return 0
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+@datastore_app.command(name="list")
+def datastore_list(common: Common = _NO_COMMON) -> int:
+    """List the workspace's datastores."""
+    from .data import Datastore
+    from .data.datastore import default_name
+
+    ws = _workspace(common)
+    default = default_name(ws)
+    _emit_table(common, [{"name": d.name, "url": d.url, "credentials": d.credentials,
+                          "default": d.name == default} for d in Datastore.list(ws)],
+                {"name": "NAME", "url": "URL", "credentials": "CREDENTIALS BLOCK",
+                 "default": "DEFAULT"}, "no datastores")
+    return 0
+
+
+@datastore_app.command(name="register")
+def datastore_register(name: str, url: str, credentials: str | None = None,
+                       storage_options: str | None = None, overwrite: bool = False,
+                       common: Common = _NO_COMMON) -> int:
+    """Register URL (any fsspec URL or a folder) as datastore NAME; --credentials names the
+    Prefect block with its secrets, --storage-options (JSON) the non-secret options."""
+    from .data import Datastore
+
+    ds = Datastore.register(_workspace(common), name, url, credentials=credentials,
+                            storage_options=_json_option("--storage-options", storage_options),
+                            overwrite=overwrite)
+    _emit(common, {"name": ds.name, "url": ds.url, "credentials": ds.credentials},
+          f"registered datastore {ds.name!r}: {ds.url}")
+    return 0
+
+
+@datastore_app.command(name="upload")
+def datastore_upload(src_dir: str, name: str | None = None, target_path: str | None = None,
+                     overwrite: bool = False, common: Common = _NO_COMMON) -> int:
+    """Upload the files of SRC_DIR to datastore --name (default: the default datastore)."""
+    from .data import Datastore
+
+    ds = Datastore.get(_workspace(common), name) if name else Datastore.get_default(
+        _workspace(common))
+    ref = ds.upload(src_dir, target_path=target_path, overwrite=overwrite,
+                    show_progress=_tty() and not common.json)
+    _emit(common, {"datastore": ds.name, "path": ref.path_on_datastore},
+          f"uploaded {src_dir} to {ds.full_url(ref.path_on_datastore)}")
+    return 0
+
+
+@datastore_app.command(name="download")
+def datastore_download(target_path: str, name: str | None = None, prefix: str | None = None,
+                       overwrite: bool = False, common: Common = _NO_COMMON) -> int:
+    """Download the files under --prefix of datastore --name into TARGET_PATH."""
+    from .data import Datastore
+
+    ws = _workspace(common)
+    ds = Datastore.get(ws, name) if name else Datastore.get_default(ws)
+    count = ds.download(target_path, prefix=prefix, overwrite=overwrite,
+                        show_progress=_tty() and not common.json)
+    _emit(common, {"datastore": ds.name, "downloaded": count},
+          f"downloaded {count} files from {ds.full_url(prefix or '')} to {target_path}")
+    return 0
+
+
+@dataset_app.command(name="list")
+def dataset_list(common: Common = _NO_COMMON) -> int:
+    """List registered datasets (latest versions)."""
+    from .data.dataset import list_datasets, versions
+
+    ws = _workspace(common)
+    rows = []
+    for name in list_datasets(ws):
+        latest = versions(ws, name)[-1]
+        rows.append({"name": name, "version": latest["version"],
+                     "type": latest["definition"]["type"], "files": latest["file_count"],
+                     "bytes": latest["total_bytes"], "hash": latest["manifest_hash"][:12]})
+    _emit_table(common, rows, {"name": "NAME", "version": "VERSION", "type": "TYPE",
+                               "files": "FILES", "bytes": "BYTES", "hash": "MANIFEST"},
+                "no datasets")
+    return 0
+
+
+@dataset_app.command(name="show")
+def dataset_show(name: str, version: str = "latest", common: Common = _NO_COMMON) -> int:
+    """Show a dataset version: its paths, and its files with their sizes and tokens."""
+    from .data.dataset import _read_version
+
+    entry = _read_version(_workspace(common), name, version)
+    text = [f"dataset {name}:{entry['version']} ({entry['definition']['type']}), "
+            f"{entry['file_count']} files, {entry['total_bytes']} bytes, manifest "
+            f"{entry['manifest_hash'][:12]}",
+            *(f"  path {p['datastore']}:{p['path']}" for p in entry["definition"]["paths"]),
+            *(f"  {f['rel']}  {f['size']}" for f in entry["manifest"][:50])]
+    if entry["file_count"] > 50:
+        text.append(f"  ... and {entry['file_count'] - 50} more (--json lists them all)")
+    _emit(common, entry, "\n".join(text))
     return 0
 
 

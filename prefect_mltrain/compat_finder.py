@@ -17,8 +17,6 @@ import importlib.util
 import sys
 import types
 
-_DATA = ("datasets and datastores are coming to prefect-mltrain; until then pass a path or "
-         "an fsspec URL as a script argument (arguments=['--data', 's3://bucket/data'])")
 _COMPUTE = ("compute targets are prefect-mltrain's own: name a saved one "
             "(compute_target='gpu-box') or pass prefect_mltrain.compute.DockerCompute / "
             "DaskCompute / LocalCompute")
@@ -34,12 +32,23 @@ MODULES: dict[str, dict[str, str]] = {
     "azureml.core": {
         "Run": _RUN, "Workspace": _WS, "Experiment": _EXP, "Environment": _ENV,
         "ScriptRunConfig": _SRC, "RunConfiguration": _RC,
-        "Dataset": _DATA, "Datastore": _DATA,
+        "Dataset": "data:Dataset", "Datastore": "data:Datastore",
         "Model": "there is no model registry: download a run's model with "
                  "run.download_file('outputs/model.pkl')",
         "ComputeTarget": _COMPUTE,
     },
     "azureml.core.run": {"Run": _RUN},
+    "azureml.core.dataset": {"Dataset": "data:Dataset"},
+    "azureml.core.datastore": {"Datastore": "data:Datastore"},
+    "azureml.data": {"OutputFileDatasetConfig": "data:OutputFileDatasetConfig",
+                     "FileDataset": "data:FileDataset", "TabularDataset": "data:TabularDataset"},
+    "azureml.data.data_reference": {"DataReference": "data:DataReference"},
+    "azureml.data.output_dataset_config": {
+        "OutputFileDatasetConfig": "data:OutputFileDatasetConfig"},
+    "azureml.data.file_dataset": {"FileDataset": "data:FileDataset"},
+    "azureml.data.tabular_dataset": {"TabularDataset": "data:TabularDataset"},
+    "azureml.data.dataset_consumption_config": {
+        "DatasetConsumptionConfig": "data:DatasetConsumptionConfig"},
     "azureml.core.workspace": {"Workspace": _WS},
     "azureml.core.experiment": {"Experiment": _EXP},
     "azureml.core.script_run_config": {"ScriptRunConfig": _SRC},
@@ -87,7 +96,6 @@ MODULES.update({
         "export_to_tensorboard": "tensorboard:export_to_tensorboard"},
 })
 MISSING_MODULES = {
-    "azureml.data": _DATA,
     "azureml.pipeline": "pipelines are Prefect flows here: call submit_run (from "
                         "prefect_mltrain) inside your own @flow",
 }

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from .data.references import DataArgument, data_arguments
 from .environment import Environment, _Model
 from .errors import ConfigurationError
 
@@ -111,8 +112,10 @@ class ScriptRunConfig(_Model):
     command: list[str] | None = Field(
         None, description="A command to run instead of a script, e.g. 'python -m pkg.train'."
     )
-    arguments: list[str | int | float | bool] = Field(
-        default_factory=list, description="Command-line arguments passed to the script."
+    arguments: list[str | int | float | bool | DataArgument] = Field(
+        default_factory=list, description="Command-line arguments passed to the script; data "
+        "references (ds.as_mount(), dataset.as_named_input('x').as_download(), "
+        "OutputFileDatasetConfig) become local paths where the script runs."
     )
     compute_target: Any = Field(
         "local", description="Where the script runs: 'local' (default), the name of a "
@@ -179,7 +182,8 @@ class ScriptRunConfig(_Model):
             return shlex.split(value)
         if not isinstance(value, list | tuple):
             raise ValueError("arguments must be a list (or one string), e.g. ['--lr', 0.01]")
-        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+        return [os.fspath(v) if isinstance(v, os.PathLike) else
+                v._as_argument() if hasattr(v, "_as_argument") else v for v in value]
 
     @field_validator("framework", mode="before")
     @classmethod
@@ -223,10 +227,18 @@ class ScriptRunConfig(_Model):
                 )
         return self
 
-    def argv(self, python: str) -> list[str]:
+    def script_arguments(self, data_paths: dict[str, str] | None = None) -> list[str]:
+        """The arguments as strings; each data reference is its local path in
+        ``data_paths`` (by its name)."""
+        data_paths = data_paths or {}
+        return [data_paths[a.key] if hasattr(a, "key") and a.key in data_paths else str(a)
+                for a in self.arguments]
+
+    def argv(self, python: str, data_paths: dict[str, str] | None = None) -> list[str]:
         """The process arguments, with ``python`` as the interpreter: of a script, or of a
-        command that starts with ``python``/``python3``."""
-        args = [str(a) for a in self.arguments]
+        command that starts with ``python``/``python3``; each data reference is its local
+        path in ``data_paths`` (by its name)."""
+        args = self.script_arguments(data_paths)
         if self.script is not None:
             return [python, "-u", self.script, *args]
         command = list(self.command)
@@ -252,6 +264,13 @@ def check_submittable(config: ScriptRunConfig, target: Any = None) -> None:
             "framework='pyspark' with a distributed_job_config: Spark spreads the work over "
             "its executors itself; remove distributed_job_config (size the job with "
             "run_config.spark.configuration, e.g. spark.executor.instances)")
+    names = [a.key for a in data_arguments(config.arguments)]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigurationError(
+            f"two data arguments of the run are both named {', '.join(twice)}: give each its "
+            "own name (data_reference_name=, as_named_input('...'), or "
+            "OutputFileDatasetConfig(name='...'))")
     target = config.compute_target if target is None else target
     if hasattr(target, "check_framework"):
         target.check_framework(config.framework)

@@ -54,3 +54,7 @@ class RunContextError(MLTrainError):
 
 class ImmutablePropertyError(MLTrainError, ValueError):
     """A run property was given a different value; properties never change once set."""
+
+
+class DataError(MLTrainError):
+    """A datastore or dataset cannot be found, reached or used as asked."""

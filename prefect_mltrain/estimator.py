@@ -22,6 +22,7 @@ from .config import (
     ScriptRunConfig,
     TensorflowConfiguration,
 )
+from .data.references import DataReference, DatasetConsumptionConfig, OutputFileDatasetConfig
 from .environment import Environment
 from .errors import ConfigurationError
 
@@ -282,9 +283,12 @@ def _arguments(script_params: Any) -> list[Any]:
         args.append(key)
         if value is None or (isinstance(value, str) and not value):
             continue  # a bare flag
-        if not isinstance(value, str | int | float | os.PathLike):
-            raise ConfigurationError(f"script_params[{key!r}] must be a string, number or "
-                                     f"path, not {type(value).__name__}")
+        if hasattr(value, "_as_argument"):  # a dataset given as it is: mounted, as in v1
+            value = value._as_argument()
+        if not isinstance(value, str | int | float | os.PathLike | DataReference
+                          | DatasetConsumptionConfig | OutputFileDatasetConfig):
+            raise ConfigurationError(f"script_params[{key!r}] must be a string, number, "
+                                     f"path or data reference, not {type(value).__name__}")
         args.append(value)
     return args
 

@@ -36,6 +36,16 @@ from .compute.base import ComputeTarget, LaunchSpec, Prepared
 from .compute.registry import resolve_compute_target
 from .config import ScriptRunConfig, check_submittable
 from .context import CONTEXT_DIR
+from .data.staging import (
+    DataPlan,
+    Staged,
+    data_env,
+    data_token,
+    output_dirs,
+    plan_data,
+    stage_inputs,
+    upload_outputs,
+)
 from .environment import Environment
 from .errors import RunCanceledError
 from .execution import RunSync, Watchdog, mask, run_job
@@ -90,11 +100,13 @@ def build_environment(target: ComputeTarget, environment: Environment | None,
 @task(name="execute", cache_policy=NO_CACHE)
 def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
             prepared: Prepared, secrets: dict[str, str] | None = None,
-            watchdog: Watchdog | None = None) -> dict[str, Any]:
-    """Restore the snapshot, start the script on its compute target and see it to its end.
+            watchdog: Watchdog | None = None, data: DataPlan | None = None) -> dict[str, Any]:
+    """Restore the snapshot, make the data inputs local, start the script on its compute
+    target and see it to its end.
 
     The run's ``outputs/`` and ``logs/`` are synced while it runs and once more after it
-    ends, whatever the ending (success, failure, timeout, cancel, an error here).
+    ends, whatever the ending (success, failure, timeout, cancel, an error here); so are
+    its data outputs uploaded, and its mounts unmounted.
     """
     ws = open_workspace(workspace)
     store, logger = RunStore(ws), get_run_logger()
@@ -108,39 +120,66 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     (cwd / LOGS).mkdir(exist_ok=True)
     sync = RunSync(store, experiment, run_id, cwd, stage)
     local = LocalFiles(host=socket.gethostname(), path=str(scratch))
-    run_env = _run_env(record, secrets)
+    stop = lambda: bool(watchdog and watchdog.cancel_reason)  # noqa: E731
+    data_secrets = data.secrets() if data else []
+    secret_list = [*_masked(ws, secrets), *data_secrets]
+    try:
+        staged, paths = _stage_data(target, data, cwd, scratch, stop, logger)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if data:
+        store.set(experiment, run_id, lineage=_lineage(data, staged.stats, []))
+    run_env = {**_run_env(record, secrets), **data_env(data, paths)}
     spec = LaunchSpec(run_id=run_id, experiment=experiment, config=record.config,
                       prepared=prepared, cwd=str(cwd), stage_dir=str(stage),
-                      env=_local_env(ws, stage, run_env), run_env=run_env,
-                      stop=lambda: bool(watchdog and watchdog.cancel_reason))
+                      env=_local_env(ws, stage, run_env), run_env=run_env, stop=stop,
+                      data=data, data_paths=paths)
     own = stage / run_dir(experiment, run_id)
     progress = ProgressArtifact(own / EVENTS)
     try:
         job = target.launch(spec)
     except BaseException:
+        staged.close()
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    written, unwritten = [], None
     try:
         store.move(experiment, run_id, RunStatus.RUNNING, local_files=local)
         outcome = run_job(job, sync=sync, std_log=own / STD_LOG,
                           watchdog=watchdog or Watchdog(store, experiment, run_id, None),
                           max_seconds=record.config.max_run_duration_seconds, logger=logger,
-                          secrets=_masked(ws, secrets), on_sync=progress)
+                          secrets=secret_list, on_sync=progress)
     finally:
         job.terminate(grace=0) if job.poll() is None else job.close()
+        staged.close()  # unmounted before anything under the scratch folder is removed
         with contextlib.suppress(Exception):  # a failing store is handled just below
             store.move(experiment, run_id, RunStatus.FINALIZING)
         progress()  # the script's last value, read before the stage is removed
+        if data and data.outputs:
+            try:
+                written = upload_outputs(ws, data, output_dirs(data, cwd, scratch / DATA_OUT),
+                                         run_id, logger.info)
+            except Exception as exc:
+                unwritten = mask(str(exc), secret_list)
+                logger.error("could not upload the run's data outputs: %s", unwritten)
+            with contextlib.suppress(Exception):
+                store.set(experiment, run_id, lineage=_lineage(data, staged.stats, written))
         try:
             sync.sync()
             stored = None
-            shutil.rmtree(scratch, ignore_errors=True)
+            if unwritten is None:  # else the outputs stay here, for another try
+                shutil.rmtree(scratch, ignore_errors=True)
         except Exception as exc:  # the files stay here, and the run says where
             stored = exc
             logger.error("could not store the run's files: %s; kept in %s", exc, scratch)
     result = {"status": outcome.status.value, "exit_code": outcome.exit_code,
               "error": outcome.error, "log_tail": "\n".join(outcome.log_tail),
               "local_files": None}
+    if unwritten is not None and outcome.status == RunStatus.COMPLETED:
+        result.update(status=RunStatus.FAILED.value, error=(
+            f"the script completed, but its data outputs could not be uploaded ({unwritten}); "
+            f"they are kept on {socket.gethostname()} in {scratch / DATA_OUT}"))
     if stored is not None:
         result.update(status=RunStatus.FAILED.value, local_files=local, error=(
             f"the run's files could not be stored in the workspace ({stored}); they are "
@@ -148,6 +187,32 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
             f"stores them once the workspace takes them"
             + (f" (the script's own ending: {outcome.error})" if outcome.error else "")))
     return result
+
+
+DATA_IN, DATA_OUT = "data", "data-out"  # beside src/ in a run's scratch folder
+
+
+def _stage_data(target: ComputeTarget, data: DataPlan | None, cwd: Path, scratch: Path,
+                stop, logger) -> tuple[Staged, dict[str, str]]:
+    """The run's data as local paths on this machine (or, for a target that stages them
+    where its script runs, tokens that the target replaces there)."""
+    if data is None:
+        return Staged(), {}
+    outputs = output_dirs(data, cwd, scratch / DATA_OUT)
+    if not target._stages_data_on_runner:
+        return Staged(), {**{i.key: data_token(i.key) for i in data.inputs},
+                          **{o.key: data_token(o.key) for o in data.outputs}}
+    staged = stage_inputs(data, cwd, scratch / DATA_IN, logger.info, stop)
+    return staged, {**staged.paths, **outputs}
+
+
+def _lineage(data: DataPlan, stats: dict[str, dict[str, Any]],
+             written: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"inputs": [{**i.lineage, **{k: v for k, v in stats.get(i.key, {}).items()
+                                        if k in ("files", "bytes", "downloaded_bytes",
+                                                 "mounted")}} for i in data.inputs],
+            "outputs": written or [{"name": o.key, "datastore": o.datastore, "path": o.path}
+                                   for o in data.outputs]}
 
 
 class ProgressArtifact:
@@ -339,12 +404,14 @@ def _run(ws: Workspace, store: RunStore, record: RunRecord, secrets: dict[str, s
                       snapshot_id=snapshot(ws.url, config.source_directory))
         target = resolve_compute_target(config.compute_target)
         check_submittable(config, target)
+        data = plan_data(ws, config.arguments)  # bad data stops the run before any build
         target.check(stop=lambda: bool(watchdog.cancel_reason),
                      distributed=config.distributed_job_config)
         prepared = build_environment(target, config.environment, ws.url,
                                      run_dir(experiment, run_id), watchdog)
         store.move(experiment, run_id, RunStatus.STARTING, environment_build=prepared.record)
-        return execute(ws.url, experiment, run_id, target, prepared, secrets, watchdog), None
+        return execute(ws.url, experiment, run_id, target, prepared, secrets, watchdog,
+                       data), None
     except TerminationSignal as exc:  # a cancel from the UI/API, delivered by the worker
         return {"status": "Canceled", "error": "canceled from Prefect"}, exc
     except RunCanceledError:  # the preparation stopped for a cancel: the script never ran
@@ -391,6 +458,21 @@ def _summary_markdown(details: dict[str, Any], files: list[str]) -> str:
             ("Error", details.get("error"))]
     table = "\n".join(f"| {k} | {v if v is not None else ''} |" for k, v in rows)
     text = f"# Run `{details['run_id']}`\n\n| | |\n|---|---|\n{table}\n"
+    lineage = details.get("lineage") or {}
+    if lineage.get("inputs") or lineage.get("outputs"):
+        text += "\n## Data\n\n| | Name | Data | Files |\n|---|---|---|---|\n"
+        for i in lineage.get("inputs", []):
+            what = (f"dataset {i['dataset']}:{i['version']}" if i.get("dataset") else
+                    f"{i.get('datastore') or ', '.join(i.get('datastores', []))}:"
+                    f"{i.get('path') or ', '.join(i.get('paths', []))}")
+            text += (f"| read ({'mount' if i.get('mounted') else 'download'}) | {i['name']} | "
+                     f"{what} (manifest {str(i.get('manifest_hash'))[:12]}) | "
+                     f"{i.get('files', '')} |\n")
+        for o in lineage.get("outputs", []):
+            reg = o.get("registered")
+            text += (f"| wrote | {o['name']} | {o['datastore']}:{o['path']}"
+                     + (f" (dataset {reg['name']}:{reg['version']})" if reg else "")
+                     + f" | {o.get('files', '')} |\n")
     if details.get("log_tail"):
         text += f"\n## Log tail\n\n```\n{details['log_tail']}\n```\n"
     if files:

@@ -89,6 +89,9 @@ class RunRecord(_Record):
     snapshot_skipped: list[str] = Field(default_factory=list)
     git: dict[str, Any] | None = None
     environment_build: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = Field(
+        None, description="The data the run read (inputs: datasets with their versions and "
+        "manifest hashes, datastore paths) and wrote (outputs).")
     runner: Runner | None = None
     deployment: Deployment | None = None
     flow_run_id: str | None = None

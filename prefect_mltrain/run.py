@@ -195,6 +195,18 @@ class Run:
     def is_offline(self) -> bool:
         return self._offline
 
+    @property
+    def input_datasets(self) -> dict[str, str]:
+        """Inside a script: the local path of each named input (``as_named_input(name)``)."""
+        return json.loads(os.environ.get("MLTRAIN_INPUT_DATASETS") or "{}") \
+            if self._stage is not None else {}
+
+    @property
+    def output_datasets(self) -> dict[str, str]:
+        """Inside a script: the local folder of each ``OutputFileDatasetConfig``, by name."""
+        return json.loads(os.environ.get("MLTRAIN_OUTPUT_DATASETS") or "{}") \
+            if self._stage is not None else {}
+
     def _write(self) -> RunWriter:
         if self._writer is None:
             if self._stage is not None:
@@ -417,7 +429,7 @@ class Run:
         ws, files = self.experiment.workspace, self.get_file_names()
         local = ws.protocol in ("file", "local")
         out = {"runId": self.id, "target": target or "local", "status": record.status.value,
-               "properties": properties, "inputDatasets": [],
+               "properties": properties, **_v1_lineage(record.lineage),
                "runDefinition": record.config.model_dump(mode="json") if record.config else {},
                "logFiles": {name: ws.path(f"{self._dir}/{name}") if local
                             else ws.fs.unstrip_protocol(ws.path(f"{self._dir}/{name}"))
@@ -774,3 +786,24 @@ def _target_path(path: str | os.PathLike | None, default_name: str) -> Path:
 def _utc(timestamp: float) -> str:
     """ISO 8601 in UTC, as Azure writes its times: ``2024-05-01T12:00:00.123456Z``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _v1_lineage(lineage: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+    """The data a run read and wrote, in the shape of v1's ``inputDatasets`` and
+    ``outputDatasets`` (with the datastore paths, versions and manifest hashes beside)."""
+    lineage = lineage or {}
+    inputs = [{"dataset": {"name": i.get("dataset"), "version": i.get("version"),
+                           "datastore": i.get("datastore"), "path": i.get("path") or
+                           i.get("paths"), "manifest_hash": i.get("manifest_hash")},
+               "consumptionDetails": {"type": "RunInput", "inputName": i["name"],
+                                      "mechanism": "Mount" if i.get("mounted") else "Download"},
+               "files": i.get("files"), "bytes": i.get("bytes")}
+              for i in lineage.get("inputs", [])]
+    outputs = [{"dataset": {**({"name": o["registered"]["name"],
+                                "version": o["registered"]["version"]}
+                               if o.get("registered") else {}),
+                            "datastore": o.get("datastore"), "path": o.get("path")},
+                "outputType": "RunOutput", "outputDetails": {"outputName": o["name"]},
+                "files": o.get("files"), "bytes": o.get("bytes")}
+               for o in lineage.get("outputs", [])]
+    return {"inputDatasets": inputs, "outputDatasets": outputs}

@@ -152,20 +152,7 @@ class Workspace:
 
     def secret_values(self) -> list[str]:
         """The credential values among the storage options, to mask wherever output goes."""
-        found: list[str] = []
-
-        def walk(value: Any, secret: bool) -> None:
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    walk(item, secret or bool(_SECRET_KEY.search(str(key))))
-            elif isinstance(value, list | tuple):
-                for item in value:
-                    walk(item, secret)
-            elif secret and isinstance(value, str) and value:
-                found.append(value)
-
-        walk(self.storage_options, False)
-        return found
+        return secret_values(self.storage_options)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Workspace:
@@ -354,9 +341,52 @@ class Workspace:
     def list_experiments(self) -> list[str]:
         return self.list_dir("experiments")
 
+    # -- data (v1's entry points; the data layer sits above this one) -----------------------
+
+    def get_default_datastore(self):
+        """The default datastore: ``workspaceblobstore`` (the workspace's ``data/`` folder)
+        unless another was made the default."""
+        return _data("datastore").Datastore.get_default(self)
+
+    @property
+    def datastores(self) -> dict:
+        """Every datastore of the workspace, by name."""
+        return {d.name: d for d in _data("datastore").Datastore.list(self)}
+
+    @property
+    def datasets(self) -> dict:
+        """The latest version of every registered dataset, by name."""
+        dataset = _data("dataset")
+        return {name: dataset.get_by_name(self, name) for name in dataset.list_datasets(self)}
+
+
+def _data(module: str):
+    """A module of the data layer, which builds on this one: imported by name when a v1
+    script asks the workspace for its datastores, so that this layer never imports it."""
+    import importlib
+
+    return importlib.import_module(f"prefect_mltrain.data.{module}")
 
 
 _MEMORY_CREATE = threading.Lock()
+
+
+def secret_values(options: dict[str, Any]) -> list[str]:
+    """The credential values among fsspec storage options (by their keys' names)."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(_SECRET_KEY.search(str(key))))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item, secret)
+        elif secret and isinstance(value, str) and value:
+            found.append(value)
+
+    walk(options, False)
+    return found
 
 
 def _modified(info: dict[str, Any]) -> float:

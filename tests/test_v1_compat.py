@@ -158,8 +158,9 @@ def test_nothing_is_installed_azureml_needs_an_explicit_opt_in():
 
 
 @pytest.mark.parametrize("statement, message", [
-    ("from azureml.core import Dataset", "datasets and datastores are coming"),
-    ("from azureml.core import Datastore", "azureml.core has: Environment, Experiment, Run"),
+    ("from azureml.core import Model", "there is no model registry"),
+    ("from azureml.data import HDFSOutputDatasetConfig",
+     "azureml.data has: FileDataset, OutputFileDatasetConfig"),
     ("from azureml.core import Keyvault", "not provided by prefect-mltrain; azureml.core has"),
     ("from azureml.core.compute import AmlCompute", "compute_target='gpu-box'"),
     ("from azureml.train.dnn import Mpi", "distributed_backend='mpi'"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
 
@@ -53,10 +53,12 @@ class LaunchSpec:
     env: dict[str, str]  # for a process on this machine: its environment plus the run's
     run_env: dict[str, str]  # only the run's own variables, for containers and other hosts
     stop: Stop = never  # true once the run was canceled: a launch that waits gives up
+    data: Any = None  # the run's DataPlan (data/staging.py), or None
+    data_paths: dict[str, str] = field(default_factory=dict)  # data argument -> local path
 
     @property
     def argv(self) -> list[str]:
-        return self.config.argv(self.prepared.interpreter)
+        return self.config.argv(self.prepared.interpreter, self.data_paths)
 
     @property
     def distributed(self) -> Any:
@@ -67,6 +69,10 @@ class ComputeTarget(Block):
     """Base of the compute target blocks."""
 
     _block_schema_capabilities = ["launch"]
+    # Whether the runner makes a run's data inputs local before ``launch`` (its host's
+    # paths, which the target may map); a target whose scripts run on other machines
+    # stages them there itself, from ``LaunchSpec.data``.
+    _stages_data_on_runner: ClassVar[bool] = True
 
     def check(self, stop: Stop = never, distributed: Any = None) -> None:
         """Raise ``ComputeTargetUnavailableError`` when the target cannot be used now, or

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -53,6 +53,7 @@ class DaskCompute(ComputeTarget):
     _block_type_name = "Dask Compute"
     _block_type_slug = "mltrain-dask-compute"
     _description = "Runs prefect-mltrain training ranks on the workers of a Dask cluster."
+    _stages_data_on_runner: ClassVar[bool] = False  # each worker makes the inputs local
 
     address: str | None = Field(None, description="Scheduler address, e.g. tcp://host:8786.")
     scheduler_file: str | None = Field(None, description="Scheduler file (dask-mpi, jobqueue).")
@@ -329,7 +330,8 @@ class DaskJob:
         environment = self.spec.config.environment
         build = environment.build_spec() if environment else None
         return RankTask(self.spec.run_id, label, argv, env, build, self.spec.prepared.lock,
-                        collect=collect, silence=self.target.runner_silence_seconds)
+                        collect=collect, silence=self.target.runner_silence_seconds,
+                        data=self.spec.data)
 
     def _start_ranks(self, env: dict[str, str], port: int) -> dict[str, Job]:
         self.attempt += 1
@@ -429,10 +431,12 @@ class DaskJob:
         ranks' under ``rank_N/`` (``node_N/``); every rank's stage into the run's stage."""
         cwd, stage = Path(self.spec.cwd), Path(self.spec.stage_dir)
 
-        def destination(name: str) -> Path:
+        def destination(name: str) -> Path | None:
             top, _, rest = name.partition("/")
             if top == "stage":
                 return stage / rest
+            if top == "data-out":  # the first rank's: uploaded by the runner
+                return cwd.parent / top / rest if label.endswith(" 0") else None
             if label.endswith(" 0"):
                 return cwd / top / rest
             return cwd / top / label.replace(" ", "_") / rest

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.staging import output_dirs, stage_inputs, with_paths
 from ..environment_build import BuildSpec, build_environment
 from ..files import changed_files
 from .jobs import script_env, unzip, zip_files
@@ -45,6 +46,7 @@ class RankTask:
     collect: list[str] = field(default_factory=lambda: ["outputs", "logs"])
     grace: float = 10.0
     silence: float = 60.0  # seconds without a beat from the runner before the rank stops
+    data: Any = None  # the run's DataPlan: its inputs are made local on this worker
 
     @property
     def topic(self) -> str:
@@ -89,8 +91,18 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
             _with_python(json.loads(env["MLTRAIN_RANK_ARGV"]), python))
         env.update(mpi_node_env())  # as this worker's machine allows
     env = script_env(env, python)
-    proc = GuardedProcess(_with_python(task.argv, python), cwd=str(src), env=env)
+    notes: list[str] = []
+    staged = stage_inputs(task.data, src, root / "data", notes.append, stop.is_set)
+    paths = {**staged.paths, **output_dirs(task.data, src, root / "data-out")}
+    argv = with_paths(_with_python(task.argv, python), paths)
+    try:
+        proc = GuardedProcess(argv, cwd=str(src), env=with_paths(env, paths))
+    except BaseException:
+        staged.close()
+        raise
     folders = [(src / n, n) for n in task.collect] + [(stage, "stage")]
+    if task.collect and task.data is not None:  # the first rank's data outputs go home
+        folders.append((root / "data-out", "data-out"))
     seen: dict[str, tuple[int, int]] = {}
     published = 0
 
@@ -107,6 +119,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
             worker.log_event(task.topic, message)
             published += len(lines)
 
+    publish([f"[prefect-mltrain] {task.label}: {note}" for note in notes])
     stopped, checked, sent = None, 0.0, time.monotonic()
     while proc.poll() is None:
         publish(proc.read_lines(PUBLISH_INTERVAL))
@@ -129,6 +142,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     code = proc.poll()
     publish(proc.finish_output(5))
     proc.close()
+    staged.close()  # unmounted before the folder is removed
     files = zip_files([(path, f"{prefix}/{rel}") for folder, prefix in folders
                        for path, rel, _ in changed_files(folder, {})])
     shutil.rmtree(root, ignore_errors=True)

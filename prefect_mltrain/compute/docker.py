@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
+from ..data.staging import data_env
 from ..distributed import free_port, job_env, plan_ranks
 from ..environment import Environment
 from ..errors import ComputeTargetUnavailableError
@@ -22,6 +24,7 @@ from .jobs import Job, Lifeline, LineQueue
 from .local import LOOPBACK
 
 SRC, STAGE, LIB = "/mltrain/src", "/mltrain/stage", "/opt/mltrain/lib"
+DATA, DATA_OUT = "/mltrain/data", "/mltrain/data-out"  # a run's inputs and data outputs
 RUN_LABEL = "mltrain.run_id"
 
 
@@ -119,9 +122,10 @@ class DockerCompute(ComputeTarget):
         client = self.client()
         image = spec.prepared.image or self.image
         self.ensure_image(client, image)
+        spec, binds = data_in_container(spec)
         plan = plan_ranks(spec.distributed)
         if plan is None:
-            return self._start(client, image, spec, spec.argv, {}, "")
+            return self._start(client, image, spec, spec.argv, {}, "", binds)
         if self.network_mode != "host":
             raise ComputeTargetUnavailableError(
                 "distributed jobs on Docker need network_mode='host' on this compute target "
@@ -139,7 +143,7 @@ class DockerCompute(ComputeTarget):
             return mpi_gang(plan, spec.argv, [f"127.0.0.{n + 2}" for n in nodes], spec.cwd,
                             spec.env, lambda n, proxy: self._start(
                                 client, image, spec, ["hydra_pmi_proxy", *proxy[1:]], env,
-                                f"-node{n}"))
+                                f"-node{n}", binds))
 
         def start(port: int) -> dict[str, Job]:  # a node launcher per container
             tf = [f"{LOOPBACK}:{free_port()}" for _ in plan.slots] \
@@ -149,14 +153,15 @@ class DockerCompute(ComputeTarget):
                 json.dumps({"config": spec.distributed.model_dump(mode="json"), "node": n,
                             "master_addr": LOOPBACK,
                             "master_port": port, "run_id": spec.run_id, "tf": tf}))},
-                f"-node{n}-{port}") for n in nodes}
+                f"-node{n}-{port}", binds) for n in nodes}
 
         first_of_node = {s.node_rank for s in plan.slots if s.rank in plan.essential}
         return GangJob(start, essential={f"node {n}" for n in first_of_node},
                        self_prefixed=frozenset(f"node {n}" for n in nodes))
 
     def _start(self, client, image: str, spec: LaunchSpec, argv: list[str],
-               extra_env: dict[str, str], suffix: str) -> DockerJob:
+               extra_env: dict[str, str], suffix: str,
+               binds: dict[str, dict[str, str]] | None = None) -> DockerJob:
         """One container of the run, with its folders mounted and its run label."""
         import docker
 
@@ -166,6 +171,7 @@ class DockerCompute(ComputeTarget):
                    spec.stage_dir: {"bind": STAGE, "mode": "rw"},
                    str(Path(__file__).resolve().parents[1]): {
                        "bind": f"{LIB}/prefect_mltrain", "mode": "ro"}}
+        volumes.update(binds or {})
         for host, target in self.volumes.items():
             path, _, mode = target.partition(":")
             volumes[host] = {"bind": path, "mode": mode or "rw"}
@@ -186,6 +192,31 @@ class DockerCompute(ComputeTarget):
             user=self.user or f"{os.getuid()}:{os.getgid()}",
         )
         return DockerJob(container, self.base_url, self.stop_grace_seconds)
+
+
+def data_in_container(spec: LaunchSpec) -> tuple[LaunchSpec, dict[str, dict[str, str]]]:
+    """The run's data paths as its container sees them, and the binds that put them there:
+    the inputs' folder read-only at ``DATA``, the outputs' at ``DATA_OUT``, a path_on_compute
+    outside the run at its own path."""
+    if not spec.data_paths:
+        return spec, {}
+    scratch, outputs = Path(spec.cwd).parent, {o.key for o in spec.data.outputs}
+    roots = [(Path(spec.cwd), SRC, None), (scratch / "data", DATA, "ro"),
+             (scratch / "data-out", DATA_OUT, "rw")]
+    binds, paths = {}, {}
+    for key, host in spec.data_paths.items():
+        for root, inside, mode in roots:
+            if Path(host).is_relative_to(root):
+                rel = Path(host).relative_to(root).as_posix()
+                paths[key] = inside if rel == "." else f"{inside}/{rel}"
+                if mode:
+                    binds[str(root)] = {"bind": inside, "mode": mode}
+                break
+        else:
+            paths[key] = host
+            binds[host] = {"bind": host, "mode": "rw" if key in outputs else "ro"}
+    env = {**spec.run_env, **data_env(spec.data, paths)}
+    return dataclasses.replace(spec, data_paths=paths, run_env=env), binds
 
 
 class DockerJob:

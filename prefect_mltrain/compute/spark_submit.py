@@ -215,7 +215,7 @@ class SparkJob:
             env["JAVA_HOME"] = java_home
         cwd = Path(spec.cwd)
         py_files = zip_python_files(cwd, cwd.parent / f"{spec.run_id}-py-files.zip")
-        argv = submit_argv(spec.config.script, [str(a) for a in spec.config.arguments],
+        argv = submit_argv(spec.config.script, spec.config.script_arguments(spec.data_paths),
                            master, conf, py_files)
         self.run_id = spec.run_id
         self.master_ui = master_ui
