@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..workspace import Workspace
-from .datastore import Datastore, _files
+from .datastore import Datastore, _files, join
 from .references import (
     DataPath,
     DatasetConsumptionConfig,
@@ -217,7 +217,7 @@ class _Dataset:
                 out.append(str(local))
                 if overwrite or not local.exists():
                     local.parent.mkdir(parents=True, exist_ok=True)
-                    pairs.append((f"{root}/{f.path}" if root != "/" else f"/{f.path}",
+                    pairs.append((join(root, f.path),
                                   str(local)))
             if pairs:
                 fs.get([p[0] for p in pairs], [p[1] for p in pairs])
@@ -246,7 +246,7 @@ class TabularDataset(_Dataset):
         frames = []
         for f in self.files():
             fs, root = Datastore.get(self.workspace, f.datastore).filesystem()
-            with fs.open(f"{root}/{f.path}" if root != "/" else f"/{f.path}", "rb") as handle:
+            with fs.open(join(root, f.path), "rb") as handle:
                 if reader.get("format") == "parquet":
                     frames.append(pd.read_parquet(handle))
                 else:

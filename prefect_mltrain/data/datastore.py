@@ -50,6 +50,7 @@ class Datastore:
         self.workspace, self.name, self.url = workspace, entry["name"], entry["url"]
         self.credentials: str | None = entry.get("credentials")
         self.storage_options: dict[str, Any] = dict(entry.get("storage_options") or {})
+        self._credentials: dict[str, Any] | None = None
 
     # -- the registry ---------------------------------------------------------------------------
 
@@ -125,10 +126,13 @@ class Datastore:
     # -- reaching the store ---------------------------------------------------------------------
 
     def options(self) -> dict[str, Any]:
-        """The storage options with the credentials from the block (for this process only)."""
+        """The storage options with the credentials from the block (for this process only;
+        the block is read once per ``Datastore`` object)."""
         if self.name == DEFAULT_DATASTORE and self.credentials is None:
             return dict(self.workspace.storage_options)
-        return {**self.storage_options, **load_credentials(self.credentials, self.name)}
+        if self._credentials is None:
+            self._credentials = load_credentials(self.credentials, self.name)
+        return {**self.storage_options, **self._credentials}
 
     def filesystem(self):
         """``(fs, root)``: the fsspec filesystem and the datastore's root path on it."""
@@ -284,6 +288,11 @@ def _aws_options(fields: dict[str, Any]) -> dict[str, Any]:
     if client:
         out["client_kwargs"] = client
     return out
+
+
+def join(root: str, path: str) -> str:
+    """A datastore-relative ``path`` under the store path ``root``."""
+    return f"{root.rstrip('/')}/{path}" if path else root
 
 
 def put(fs, local: list[str], remote: list[str]) -> None:

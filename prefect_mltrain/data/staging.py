@@ -260,6 +260,7 @@ def _download(item: InputPlan, folder: Path, on_line, stop) -> dict[str, int]:
     from filelock import FileLock, Timeout
 
     from ..home import cache_dir
+    from .datastore import join
 
     cache = cache_dir("data")
     got_files = got_bytes = 0
@@ -271,7 +272,7 @@ def _download(item: InputPlan, folder: Path, on_line, stop) -> dict[str, int]:
             _check_inside(dest, folder)
             key = cache_key(source.url, path, size, token)
             obj = cache / key[:2] / key if key else folder.parent / f".{uuid.uuid4().hex}"
-            wanted.append((f"{root}/{path}" if root != "/" else f"/{path}", obj, dest, size))
+            wanted.append((join(root, path), obj, dest, size))
         lock = FileLock(str(cache / f"{_digest(source.url, item.key)}.lock"))
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:  # another run on this host may be fetching the same files
