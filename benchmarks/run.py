@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool, cancel, sweep, spark)
+                                                  # dist, pool, cancel, sweep, spark, data)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -43,6 +43,11 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
   spark     a ~20 s pyspark job as a ``framework="pyspark"`` run on local compute
             (``local[*]``) vs. a bare ``spark-submit`` of the same script; interleaved. In
             the full run only when pyspark and a Java it runs on are here.
+  data      data inputs from a datastore on S3 (moto_server on loopback): ``as_download`` of
+            1,000 files (200 MB), cold (empty content cache) vs. s3fs ``fs.get``, ``aws s3 cp
+            --recursive`` and ``s5cmd cp``; warm (same cache) vs. listing the prefix; the first
+            byte of a 1 GB file through an ``as_mount`` FUSE mount (where FUSE works);
+            interleaved.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -57,6 +62,7 @@ import time
 import traceback
 from typing import Any
 
+import bench_data
 from harness import (
     HERE,
     RESULTS,
@@ -72,6 +78,10 @@ from harness import (
 )
 from report import BENCHMARKS, checks, markdown
 
+# Registered here, after the benchmarks of report.py (the same dict: its checks and markdown
+# see it too).
+BENCHMARKS.setdefault("data", bench_data)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -81,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cold-cache", action="store_true",
                         help="env: skip the cold-download-cache rep of each side")
     parser.add_argument("--files", type=int, default=10_000, help="files in the snapshot tree")
+    parser.add_argument("--data-reps", type=int, default=None,
+                        help="data: reps of each side (default 3, 2 with --quick)")
     parser.add_argument("--keep-server", action="store_true",
                         help="leave the benchmark's embedded Prefect server running")
     return parser.parse_args(argv)
