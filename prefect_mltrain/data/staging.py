@@ -49,7 +49,9 @@ class Source:
     def filesystem(self):
         from fsspec.core import url_to_fs
 
-        fs, root = url_to_fs(self.url, **{"use_listings_cache": False, **self.options})
+        from .datastore import transfer_options
+
+        fs, root = url_to_fs(self.url, **transfer_options(self.url, self.options))
         return fs, root.rstrip("/") or "/"
 
 
