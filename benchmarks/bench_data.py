@@ -29,6 +29,7 @@ from harness import (
     interleaved,
     log,
     ratio,
+    restored_env,
     scratch,
     summarize,
     tail,
@@ -167,17 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     reps = getattr(args, "data_reps", None) or (QUICK_REPS if args.quick else REPS)
     root = scratch("data")
-    saved = {k: os.environ.get(k) for k in ("MLTRAIN_HOME", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     try:
-        with moto_s3() as s3:
+        with restored_env("MLTRAIN_HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                          "AWS_DEFAULT_REGION"), moto_s3() as s3:
             return _run(s3, root, reps)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         clear_fs_instances()
         shutil.rmtree(root, ignore_errors=True)  # ~5 GB; nothing is timed after this
 

@@ -29,6 +29,7 @@ from harness import (
     log_rep,
     pip_config_reader,
     ratio,
+    restored_env,
     scratch,
     summarize,
     tail,
@@ -75,17 +76,10 @@ def installed_versions(python: str) -> dict[str, str]:
 def default_caches() -> Iterator[None]:
     """The user's default download caches (~/.cache/uv, ~/.cache/pip); MLTRAIN_HOME and the
     caches' variables restored afterwards."""
-    saved = {k: os.environ.get(k) for k in ("MLTRAIN_HOME", "UV_CACHE_DIR", "PIP_CACHE_DIR")}
-    for key in ("UV_CACHE_DIR", "PIP_CACHE_DIR"):
-        os.environ.pop(key, None)
-    try:
+    with restored_env("MLTRAIN_HOME", "UV_CACHE_DIR", "PIP_CACHE_DIR"):
+        for key in ("UV_CACHE_DIR", "PIP_CACHE_DIR"):
+            os.environ.pop(key, None)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

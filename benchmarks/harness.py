@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,20 @@ CLI_MODULES = "prefect_mltrain.cli, prefect_mltrain.run"  # the CLI's, before a 
 # In a fresh process (diagnostic): the `pip config list` a forked runner pays per image tag.
 PIP_CONFIG_IMPORT = "from prefect_mltrain.environment_build import _pip_config"
 SNAPSHOT_STAT_CACHE = SERVER_HOME / "cache" / "snapshot-stat"  # the machine-local stat cache
+
+
+@contextmanager
+def restored_env(*keys: str) -> Iterator[None]:
+    """The process's variables ``keys`` as they were before, whatever the block set."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ensure_server() -> dict[str, Any]:

@@ -76,10 +76,10 @@ def list_path(ws: Workspace, data_path: DataPath) -> list[ManifestFile]:
         if len(fixed) < len(parts):
             found = {fs._strip_protocol(k): v for k, v in fs.glob(full, detail=True).items()
                      if v.get("type") == "file"}
-        elif fs.isfile(full):
-            found, base = {fs._strip_protocol(full): fs.info(full)}, full.rsplit("/", 1)[0]
-        else:
+        else:  # a folder's files, or the one file the path names (fsspec's find gives it)
             found = _files(fs, full)
+            if list(found) == [fs._strip_protocol(full)]:
+                base = full.rsplit("/", 1)[0]
     except (PermissionError, OSError) as exc:
         raise DataError(f"cannot list {store.full_url(pattern)} of datastore {store.name!r}: "
                         f"{exc}. Check its credentials ({store.credentials or 'none'}) and "

@@ -159,10 +159,10 @@ def _plan_reference(ws, ds, ref: DataReference) -> InputPlan:
         raise DataError(f"{ds.full_url(ref.path_on_datastore)} (datastore {ds.name!r}) holds "
                         "no files: upload them first (ds.upload(src_dir=..., target_path=...)) "
                         "or fix the path")
-    fs, root = ds.filesystem()
+    _, root = ds.filesystem()
     full = "/".join(p for p in (root, ref.path_on_datastore) if p)
-    single = len(files) == 1 and fs.isfile(full)
     path = ref.path_on_datastore
+    single = len(files) == 1 and files[0].path == path  # the path names one file
     # The input's folder mirrors the datastore, so the argument is the path in it.
     rels = [(f.path, f.path, f.size, f.token) for f in files]
     return InputPlan(
