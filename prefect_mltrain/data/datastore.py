@@ -196,7 +196,7 @@ class Datastore:
         pairs = [(str(f), "/".join(p for p in (base, target, f.relative_to(root).as_posix())
                                    if p)) for f in files]
         if not overwrite:
-            existing = _existing(fs, "/".join(p for p in (base, target) if p))
+            existing = set(_files(fs, "/".join(p for p in (base, target) if p)))
             pairs = [(local, remote) for local, remote in pairs if remote not in existing]
         _transfer(fs, pairs, upload=True, what=f"uploading to {self.name}",
                   show=show_progress)
@@ -331,10 +331,6 @@ def _files(fs, root: str) -> dict[str, dict[str, Any]]:
         return {}
     return {fs._strip_protocol(name): info for name, info in found.items()
             if info.get("type") == "file"}
-
-
-def _existing(fs, root: str) -> set[str]:
-    return set(_files(fs, root))
 
 
 def _transfer(fs, pairs: list[tuple[str, str]], *, upload: bool, what: str,

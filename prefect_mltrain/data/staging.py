@@ -401,7 +401,7 @@ def upload_outputs(ws, plan: DataPlan | None, paths: dict[str, str], run_id: str
     """Upload each output folder to its destination; what was written, for the lineage."""
     from fnmatch import fnmatch
 
-    from .datastore import Datastore, put
+    from .datastore import Datastore, _files, put
 
     written = []
     for out in plan.outputs if plan else []:
@@ -416,7 +416,7 @@ def upload_outputs(ws, plan: DataPlan | None, paths: dict[str, str], run_id: str
         base = "/".join(p for p in (root, dest) if p)
         pairs = [(str(p), f"{base}/{p.relative_to(folder).as_posix()}") for p in files]
         if not out.overwrite and pairs:
-            existing = {fs._strip_protocol(n) for n in _found(fs, base)}
+            existing = set(_files(fs, base))
             clash = [r for _, r in pairs if fs._strip_protocol(r) in existing]
             if clash:
                 raise DataError(f"output {out.key}: {clash[0]} already exists in datastore "
@@ -440,9 +440,3 @@ def upload_outputs(ws, plan: DataPlan | None, paths: dict[str, str], run_id: str
         written.append(entry)
     return written
 
-
-def _found(fs, base: str) -> list[str]:
-    try:
-        return list(fs.find(base))
-    except FileNotFoundError:
-        return []
