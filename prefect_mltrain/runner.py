@@ -47,6 +47,17 @@ FLOW_RUN_VAR = "MLTRAIN_FLOW_RUN_ID"  # a flow run made beforehand (a sweep's tr
 _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 
 
+# What a run's flow imports on first use, imported once by a warm runner instead of in
+# every fork (~0.3 s of CPU a run, measured with py-spy on a sweep's trials): Prefect's
+# engines and what they import lazily (graphviz for flow visualization, fastapi's encoders
+# for a subflow's parameters, rich's emoji table for the first console line), the target blocks a run resolves, the sweep's flow, the
+# Docker SDK (0.2 s) and dask.distributed (1.4 s) for runs on those targets, and
+# matplotlib for a sweep's pictures.
+PRELOAD = ("prefect.flow_engine", "prefect.task_engine", "prefect.utilities.visualization",
+           "fastapi.encoders", "prefect_mltrain.compute.blocks", "prefect_mltrain.hyperdrive.flow",
+           "docker", "distributed", "matplotlib.pyplot", "rich._emoji_replace")
+
+
 def _folder() -> Path:
     folder = mltrain_home() / "warm"
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -218,9 +229,7 @@ def serve(path: Path) -> None:
     from .environment_build import _pip_config
 
     _pip_config()  # `pip config list` takes ~0.3 s; its files are part of the warm key
-    # docker: 0.2 s, for runs on the Docker target; distributed: 1.4 s, for runs on the Dask
-    # target (importing it starts no thread, so forking after it is safe)
-    for module in ("docker", "distributed"):
+    for module in PRELOAD:  # importing them starts no thread, so forking after it is safe
         try:
             importlib.import_module(module)
         except ImportError:

@@ -45,15 +45,21 @@ def _signal_escaped(sig: int) -> None:
                 process.send_signal(sig)
 
 
-def _reap() -> None:
-    """Collect exited descendants, which a subreaper inherits."""
-    with contextlib.suppress(ChildProcessError):
+def _reap() -> bool:
+    """Collect exited descendants, which a subreaper inherits; False once the guard has no
+    child left (then no descendant is left either: a subreaper inherits every orphan)."""
+    try:
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _stop_tree(grace: float) -> None:
     """SIGTERM to every descendant, SIGKILL to what is left after ``grace`` seconds."""
+    if not _reap():  # the usual ending: nothing left, and no need to walk /proc
+        return
     group = os.getpgid(0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGTERM)  # the guard's own handler ignores it
