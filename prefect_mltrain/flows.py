@@ -37,6 +37,8 @@ from .compute.registry import resolve_compute_target
 from .config import ScriptRunConfig, check_submittable
 from .context import CONTEXT_DIR
 from .data.staging import (
+    SCRATCH_IN,
+    SCRATCH_OUT,
     DataPlan,
     Staged,
     data_env,
@@ -158,7 +160,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         progress()  # the script's last value, read before the stage is removed
         if data and data.outputs:
             try:
-                written = upload_outputs(ws, data, output_dirs(data, cwd, scratch / DATA_OUT),
+                written = upload_outputs(ws, data, _output_folders(target, data, cwd, scratch),
                                          run_id, logger.info)
             except Exception as exc:
                 unwritten = mask(str(exc), secret_list)
@@ -179,7 +181,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     if unwritten is not None and outcome.status == RunStatus.COMPLETED:
         result.update(status=RunStatus.FAILED.value, error=(
             f"the script completed, but its data outputs could not be uploaded ({unwritten}); "
-            f"they are kept on {socket.gethostname()} in {scratch / DATA_OUT}"))
+            f"they are kept on {socket.gethostname()} in {scratch / SCRATCH_OUT}"))
     if stored is not None:
         result.update(status=RunStatus.FAILED.value, local_files=local, error=(
             f"the run's files could not be stored in the workspace ({stored}); they are "
@@ -189,21 +191,26 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     return result
 
 
-DATA_IN, DATA_OUT = "data", "data-out"  # beside src/ in a run's scratch folder
-
-
 def _stage_data(target: ComputeTarget, data: DataPlan | None, cwd: Path, scratch: Path,
                 stop, logger) -> tuple[Staged, dict[str, str]]:
     """The run's data as local paths on this machine (or, for a target that stages them
     where its script runs, tokens that the target replaces there)."""
     if data is None:
         return Staged(), {}
-    outputs = output_dirs(data, cwd, scratch / DATA_OUT)
     if not target._stages_data_on_runner:
         return Staged(), {**{i.key: data_token(i.key) for i in data.inputs},
                           **{o.key: data_token(o.key) for o in data.outputs}}
-    staged = stage_inputs(data, cwd, scratch / DATA_IN, logger.info, stop)
-    return staged, {**staged.paths, **outputs}
+    staged = stage_inputs(data, cwd, scratch / SCRATCH_IN, logger.info, stop)
+    return staged, {**staged.paths, **_output_folders(target, data, cwd, scratch)}
+
+
+def _output_folders(target: ComputeTarget, data: DataPlan, cwd: Path,
+                    scratch: Path) -> dict[str, str]:
+    """Where each data output is on this machine: the folder the script writes, or, for a
+    target whose ranks run elsewhere, the folder their files came back to (one per output)."""
+    if target._stages_data_on_runner:
+        return output_dirs(data, cwd, scratch / SCRATCH_OUT)
+    return {o.key: str(scratch / SCRATCH_OUT / o.key) for o in data.outputs}
 
 
 def _lineage(data: DataPlan, stats: dict[str, dict[str, Any]],

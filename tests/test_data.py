@@ -162,7 +162,8 @@ READER = """
 
 def _data_run(ws: Workspace, tmp_path: Path, target, store: Datastore | None = None):
     """A run reading a datastore folder by download and by mount, a single file, and a
-    registered dataset as a named input; writing an output registered as a dataset."""
+    registered dataset as a named input (downloaded, and mounted: its files alone);
+    writing an output registered as a dataset."""
     store = store or ws.get_default_datastore()
     files = Dataset.get_by_name(ws, "pics")
     out = OutputFileDatasetConfig(name="model_out", destination=(
@@ -172,6 +173,7 @@ def _data_run(ws: Workspace, tmp_path: Path, target, store: Datastore | None = N
         "--mount", store.path("mnist/train", data_reference_name="mnt").as_mount(),
         "--file", store.path("mnist/labels.csv", data_reference_name="one").as_download(),
         "--named", files.as_named_input("pics").as_download(),
+        "--named-mount", files.as_named_input("pics_view").as_mount(),  # a glob's matches
         "--out", out])
     run = Experiment(ws, "data").submit(src)
     run.wait_for_completion(timeout=200, raise_on_error=True)
@@ -193,12 +195,13 @@ def _check(run, seen, files, ws):
     assert seen["seen"]["--down"] == {f"{k}": v for k, v in files.items()}
     assert seen["seen"]["--mount"] == train
     assert seen["seen"]["--file"] == files["labels.csv"]
-    assert seen["seen"]["--named"] == train
-    assert seen["named"] == {"pics": seen["args"]["--named"]}
+    assert seen["seen"]["--named"] == seen["seen"]["--named-mount"] == train
+    assert seen["named"] == {"pics": seen["args"]["--named"],
+                             "pics_view": seen["args"]["--named-mount"]}
     assert seen["env"] == seen["args"]["--down"] and seen["out_env"] == seen["args"]["--out"]
     details = run.get_details()
     inputs = {i["consumptionDetails"]["inputName"]: i for i in details["inputDatasets"]}
-    assert set(inputs) == {"raw", "mnt", "one", "pics"}
+    assert set(inputs) == {"raw", "mnt", "one", "pics", "pics_view"}
     assert inputs["pics"]["dataset"]["name"] == "pics" and inputs["pics"]["dataset"]["version"] == 1
     assert len(inputs["pics"]["dataset"]["manifest_hash"]) == 64
     [output] = details["outputDatasets"]
@@ -218,8 +221,9 @@ def test_a_local_run_reads_downloads_and_mounts_and_writes_an_output(ws, tmp_pat
     inputs = {i["consumptionDetails"]["inputName"]: i for i in first["inputDatasets"]}
     from prefect_mltrain.data.mount import fuse_unusable
 
-    assert inputs["mnt"]["consumptionDetails"]["mechanism"] == (
-        "Mount" if fuse_unusable() is None else "Download")
+    for name in ("mnt", "pics_view"):  # a folder of the store, and a dataset's files
+        assert inputs[name]["consumptionDetails"]["mechanism"] == (
+            "Mount" if fuse_unusable() is None else "Download")
     log = run.get_file_names()
     assert "logs/std_log.txt" in log
     lineage = run._record().lineage
@@ -295,6 +299,42 @@ def test_a_dask_run_gets_its_data_on_the_worker(ws, tmp_path, dask_cluster):
     run, seen = _data_run(ws, tmp_path, DaskCompute(address=dask_cluster))
     _check(run, seen, files, ws)
     assert "/mltrain/" in seen["args"]["--down"]  # the worker's own folder
+
+
+WRITES_PER_RANK = """
+import os, sys
+rank = os.environ["RANK"]
+for folder in (sys.argv[1], sys.argv[2]):
+    with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
+        f.write(f"from rank {rank}")
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_every_dask_rank_writes_its_data_outputs(ws, tmp_path, dask_cluster):
+    """Each of 4 ranks on 2 hosts writes to two outputs, one in a folder of its own choosing
+    (``source=``): every rank's files reach the destinations, as with one mounted output."""
+    from prefect_mltrain import PyTorchConfiguration
+    from prefect_mltrain.compute import DaskCompute
+
+    write_script(tmp_path / "proj", "write.py", WRITES_PER_RANK)
+    ds = ws.get_default_datastore()
+    made = OutputFileDatasetConfig("made", destination=(ds, "ranks/{run-id}/made"))
+    chosen = OutputFileDatasetConfig("chosen", source="model_dir",
+                                     destination=(ds, "ranks/{run-id}/chosen"))
+    run = Experiment(ws, "ranks").submit(ScriptRunConfig(
+        tmp_path / "proj", "write.py", arguments=[made, chosen],
+        compute_target=DaskCompute(address=dask_cluster),
+        distributed_job_config=PyTorchConfiguration(process_count=4, node_count=2)))
+    assert run.wait_for_completion(timeout=180)["status"] == "Completed"
+    fs, root = ds.filesystem()
+    for name in ("made", "chosen"):
+        folder = f"{root}/ranks/{run.id}/{name}"
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(folder)) == [
+            f"rank{r}.txt" for r in range(4)]
+        assert fs.cat_file(f"{folder}/rank3.txt") == b"from rank 3"
+    written = {o["name"]: o["files"] for o in run._record().lineage["outputs"]}
+    assert written == {"made": 4, "chosen": 4}
 
 
 def test_output_names_and_destinations(ws):

@@ -148,6 +148,34 @@ def test_unusable_fuse_names_the_missing_part(monkeypatch, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_file_list_mount_shows_exactly_those_files(fuse_ready, memory_tree, tmp_path):
+    """A dataset version's manifest (a glob's matches, under their names in the dataset):
+    the other files of the store are not there, and nothing is listed from the store."""
+    fs, root, files = memory_tree
+    shown = {"two.bin": f"{root}/a/b/two.bin", "deep/three.txt": f"{root}/a/b/c/three.txt",
+             "top.txt": f"{root}/top.txt"}
+    listed = []
+    fs_ls = fs.ls
+    fs.ls = lambda *a, **k: listed.append(a) or fs_ls(*a, **k)
+    try:
+        with Mount(fs, root, tmp_path / "view", files={
+                name: (where, len(fs.cat_file(where))) for name, where in shown.items()}) as path:
+            assert sorted(os.listdir(path)) == ["deep", "top.txt", "two.bin"]
+            assert _tree(path) == {name: fs.cat_file(where) for name, where in shown.items()}
+            assert os.stat(path / "two.bin").st_size == 256_000
+            assert not os.path.exists(path / "a") and not os.path.exists(path / "z/last.txt")
+            with pytest.raises(OSError) as raised:
+                open(path / "new.txt", "w")
+            assert raised.value.errno == errno.EROFS
+    finally:
+        fs.ls = fs_ls
+    assert listed == []
+    with pytest.raises(mount_module.MountError, match="not a relative file name"):
+        Mount(fs, root, tmp_path / "bad", files={"../escape.txt": (f"{root}/top.txt", 10)}).mount()
+    assert not os.path.ismount(tmp_path / "bad")
+
+
+@pytest.mark.timeout(60)
 def test_a_missing_root_or_a_file_root_is_named(fuse_ready, memory_tree, tmp_path):
     fs, root, _files = memory_tree
     with pytest.raises(mount_module.MountError, match="no such folder"):

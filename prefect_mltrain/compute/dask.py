@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from ..data.staging import SCRATCH_OUT
 from ..distributed import RankPlan, Slot, job_env, plan_ranks, rank_env
 from ..environment import Environment
 from ..environment_build import Steps, resolve_lock
@@ -428,16 +429,21 @@ class DaskJob:
 
     def _unpack(self, label: str, files: bytes) -> None:
         """Rank 0's outputs and logs (its node's, for MPI) into the run's folders, other
-        ranks' under ``rank_N/`` (``node_N/``); every rank's stage into the run's stage."""
+        ranks' under ``rank_N/`` (``node_N/``); every rank's stage into the run's stage.
+        Every rank's data outputs merge into one folder per output, which the runner
+        uploads, as if the ranks had written to one mounted destination; where two ranks
+        wrote the same file, rank 0's copy is kept, else the first that arrived."""
         cwd, stage = Path(self.spec.cwd), Path(self.spec.stage_dir)
+        first = label.endswith(" 0")
 
         def destination(name: str) -> Path | None:
             top, _, rest = name.partition("/")
             if top == "stage":
                 return stage / rest
-            if top == "data-out":  # the first rank's: uploaded by the runner
-                return cwd.parent / top / rest if label.endswith(" 0") else None
-            if label.endswith(" 0"):
+            if top == SCRATCH_OUT:
+                path = cwd.parent / SCRATCH_OUT / rest
+                return path if first or not path.exists() else None
+            if first:
                 return cwd / top / rest
             return cwd / top / label.replace(" ", "_") / rest
 

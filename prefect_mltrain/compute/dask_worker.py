@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.staging import output_dirs, stage_inputs, with_paths
+from ..data.staging import SCRATCH_IN, SCRATCH_OUT, output_dirs, stage_inputs, with_paths
 from ..environment_build import BuildSpec, build_environment
 from ..files import changed_files
 from .jobs import script_env, unzip, zip_files
@@ -92,8 +92,9 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
         env.update(mpi_node_env())  # as this worker's machine allows
     env = script_env(env, python)
     notes: list[str] = []
-    staged = stage_inputs(task.data, src, root / "data", notes.append, stop.is_set)
-    paths = {**staged.paths, **output_dirs(task.data, src, root / "data-out")}
+    staged = stage_inputs(task.data, src, root / SCRATCH_IN, notes.append, stop.is_set)
+    outputs = output_dirs(task.data, src, root / SCRATCH_OUT)
+    paths = {**staged.paths, **outputs}
     argv = with_paths(_with_python(task.argv, python), paths)
     try:
         proc = GuardedProcess(argv, cwd=str(src), env=with_paths(env, paths))
@@ -101,8 +102,8 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
         staged.close()
         raise
     folders = [(src / n, n) for n in task.collect] + [(stage, "stage")]
-    if task.collect and task.data is not None:  # the first rank's data outputs go home
-        folders.append((root / "data-out", "data-out"))
+    # every rank's data outputs go home, wherever the script wrote them (``source``)
+    folders += [(Path(path), f"{SCRATCH_OUT}/{key}") for key, path in outputs.items()]
     seen: dict[str, tuple[int, int]] = {}
     published = 0
 

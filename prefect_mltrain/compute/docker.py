@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from ..data.staging import data_env
+from ..data.staging import SCRATCH_IN, SCRATCH_OUT, data_env
 from ..distributed import free_port, job_env, plan_ranks
 from ..environment import Environment
 from ..errors import ComputeTargetUnavailableError
@@ -201,8 +201,8 @@ def data_in_container(spec: LaunchSpec) -> tuple[LaunchSpec, dict[str, dict[str,
     if not spec.data_paths:
         return spec, {}
     scratch, outputs = Path(spec.cwd).parent, {o.key for o in spec.data.outputs}
-    roots = [(Path(spec.cwd), SRC, None), (scratch / "data", DATA, "ro"),
-             (scratch / "data-out", DATA_OUT, "rw")]
+    roots = [(Path(spec.cwd), SRC, None), (scratch / SCRATCH_IN, DATA, "ro"),
+             (scratch / SCRATCH_OUT, DATA_OUT, "rw")]
     binds, paths = {}, {}
     for key, host in spec.data_paths.items():
         for root, inside, mode in roots:
@@ -271,8 +271,10 @@ class DockerJob:
 
 
 def container_exists_for(run_id: str, client=None) -> list[Any]:
-    """Containers labelled with ``run_id`` (for checks and clean-up)."""
+    """Containers labelled with ``run_id`` (for checks and clean-up); one removed while
+    they are listed is left out, not an error."""
     import docker
 
     client = client or docker.from_env()
-    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"},
+                                  ignore_removed=True)

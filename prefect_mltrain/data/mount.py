@@ -4,6 +4,9 @@ A training script sees the dataset as ordinary files under a local folder, and o
 blocks it reads are fetched: each open file is an fsspec file object with a block cache, so
 reading the first byte of a 1 GB object fetches one block, not the object. Listings and
 file attributes are read once and kept for the mount's life (the data is read-only).
+Given ``files`` (a dataset version's manifest), the mount shows exactly those files, under
+their names in the dataset, and lists nothing from the store: files added to the store
+later, or beside a glob's matches, are not there.
 When FUSE cannot be used here, ``fuse_unusable()`` says why in one sentence and the caller
 downloads the data instead.
 
@@ -121,12 +124,15 @@ class Mount:
         mountpoint: A local folder, made if missing; an empty one is best.
         block_size: Bytes fetched per read from the store and kept in each file's cache.
         start_timeout: Seconds to wait for the mount to be ready before giving up.
+        files: Instead of the folder ``root``: ``{name in the mount: (path in fs, size)}``.
     """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, mountpoint: str | os.PathLike,
-                 block_size: int = 4 * 2**20, start_timeout: float = 10.0):
+                 block_size: int = 4 * 2**20, start_timeout: float = 10.0,
+                 files: dict[str, tuple[str, int]] | None = None):
         self.fs = fs
         self.root = fs._strip_protocol(root).rstrip("/")
+        self.files = files
         self.mountpoint = Path(mountpoint).absolute()
         self.block_size = block_size
         self.start_timeout = start_timeout
@@ -152,7 +158,8 @@ class Mount:
             raise MountError(f"{self.mountpoint} is mounted already by this Mount")
         fuse = _fuse()
         try:
-            if self.fs.info(self.root or self.fs.root_marker)["type"] != "directory":
+            if self.files is None and \
+                    self.fs.info(self.root or self.fs.root_marker)["type"] != "directory":
                 raise MountError(f"cannot mount {self._url()}: it is a file, not a folder")
         except FileNotFoundError:
             raise MountError(f"cannot mount {self._url()}: no such folder") from None
@@ -161,7 +168,7 @@ class Mount:
             raise MountError(f"{self.mountpoint} is already a mount; choose another mountpoint")
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         caught = _caught_signals()
-        ops = _Operations(fuse, self.fs, self.root, self.block_size)
+        ops = _Operations(fuse, self.fs, self.root, self.block_size, self.files)
         options = {"foreground": True, "nothreads": False, "ro": True,
                    "fsname": re.sub(r"[^\w:/.@+-]", "_", self._url())[:200],
                    "default_permissions": True, "kernel_cache": True,
@@ -268,7 +275,8 @@ class _Operations:
 
     use_ns = True  # times in nanoseconds (mfusepy's float seconds are deprecated)
 
-    def __init__(self, fuse: Any, fs: fsspec.AbstractFileSystem, root: str, block_size: int):
+    def __init__(self, fuse: Any, fs: fsspec.AbstractFileSystem, root: str, block_size: int,
+                 files: dict[str, tuple[str, int]] | None = None):
         self._fuse = fuse
         self.fs = fs
         self.root = root
@@ -278,8 +286,34 @@ class _Operations:
         self._names: dict[str, set[str]] = {}
         self._files: dict[int, tuple[Any, threading.Lock]] = {}
         self._handles = itertools.count(1)
+        self._where: dict[str, str] | None = None
+        if files is not None:
+            self._tree(files)
+
+    def _tree(self, files: dict[str, tuple[str, int]]) -> None:
+        """Every folder's names and every entry's attributes, from the file list alone."""
+        self._where = {}
+        folder = self._stat({"type": "directory"})
+        self._attrs["/"], self._names["/"] = folder, set()
+        for name, (where, size) in files.items():
+            parts = name.split("/")
+            if any(part in ("", ".", "..") for part in parts):
+                raise MountError(f"cannot show {name!r} in a mount: not a relative file name")
+            for depth in range(len(parts)):
+                parent = "/" + "/".join(parts[:depth])
+                path = "/" + "/".join(parts[:depth + 1])
+                self._names.setdefault(parent, set()).add(parts[depth])
+                if depth < len(parts) - 1:
+                    self._attrs.setdefault(path, folder)
+                    self._names.setdefault(path, set())
+            self._attrs[path] = self._stat({"type": "file", "size": size})
+            self._where[path] = where
 
     def _path(self, path: str) -> str:
+        if self._where is not None:  # only the listed files are there
+            if path not in self._where:
+                raise FileNotFoundError(path)
+            return self._where[path]
         return self.root + path if path != "/" else (self.root or self.fs.root_marker)
 
     def _fail(self, exc: Exception, what: str, path: str):
@@ -289,7 +323,8 @@ class _Operations:
                            (IsADirectoryError, errno.EISDIR), (PermissionError, errno.EACCES)):
             if isinstance(exc, kind):
                 return self._fuse.FuseOSError(code)
-        log.warning("FUSE %s of %s failed: %r", what, self._path(path), exc)
+        where = self._where.get(path, path) if self._where is not None else self._path(path)
+        log.warning("FUSE %s of %s failed: %r", what, where, exc)
         return self._fuse.FuseOSError(errno.EIO)
 
     def _stat(self, info: dict) -> dict:

@@ -65,7 +65,7 @@ class InputPlan:
     target: str = ""  # below the input's folder: what the argument points at
     path_on_compute: str | None = None
     overwrite: bool = False
-    mount_root: str | None = None  # the store path a mount shows (None: only a download)
+    mount_root: str | None = None  # the store folder a mount shows (None: just the files)
     named: bool = False  # a dataset: in Run.input_datasets
     lineage: dict[str, Any] = field(default_factory=dict)
 
@@ -138,11 +138,9 @@ def plan_data(ws, arguments: list[Any]) -> DataPlan | None:
                 by_store.setdefault(f.datastore, []).append((f.path, f.rel, f.size, f.token))
             sources = [Source(store(n).url, store(n).options(), fs) for n, fs in by_store.items()]
             paths = ref.dataset.paths
-            mountable = len(paths) == 1 and not set("*?[") & set(paths[0].path)
             plan.inputs.append(InputPlan(
                 ref.key, "download" if ref.mode in ("direct", "download") else "mount",
                 sources, path_on_compute=ref.path_on_compute, named=True,
-                mount_root=_mount_root(ws, paths[0]) if mountable else None,
                 lineage={"name": ref.key, "dataset": ref.dataset.name,
                          "version": ref.dataset.version, "type": ref.dataset.type,
                          "manifest_hash": digest, "datastores": sorted(by_store),
@@ -171,13 +169,6 @@ def _plan_reference(ws, ds, ref: DataReference) -> InputPlan:
         mount_root=None if single else full,
         lineage={"name": ref.key, "datastore": ds.name, "path": path, "mode": ref.mode,
                  "manifest_hash": manifest_hash(files)})
-
-
-def _mount_root(ws, data_path) -> str:
-    from .datastore import Datastore
-
-    _, root = Datastore.get(ws, data_path.datastore).filesystem()
-    return "/".join(p for p in (root, store_path(data_path.path)) if p)
 
 
 # -- staging (where the script runs) ----------------------------------------------------------
@@ -233,17 +224,24 @@ def _folder(item: InputPlan, cwd: Path, data_root: Path) -> Path:
 
 
 def _mount(item: InputPlan, folder: Path, staged: Staged, on_line) -> bool:
-    """Mount the input read-only at ``folder``; False (and why, in the log) when it is
-    downloaded instead."""
+    """Mount the input read-only at ``folder``: a datastore folder as the store has it, a
+    dataset version (or one file) as exactly its files; False (and why, in the log) when it
+    is downloaded instead."""
+    from .datastore import join
     from .mount import Mount, fuse_unusable
 
-    reason = fuse_unusable() if item.mount_root else (
-        "its files are picked by a glob, which a mount cannot show alone")
+    reason = fuse_unusable() if len(item.sources) == 1 else (
+        "its files are in several datastores, which one mount cannot show")
     if reason is None:
         try:
-            fs, _ = item.sources[0].filesystem()
-            # The mount shows the datastore path itself, where the argument points.
-            staged._mounts.enter_context(Mount(fs, item.mount_root, folder / item.target))
+            source = item.sources[0]
+            fs, root = source.filesystem()
+            if item.mount_root:  # the datastore folder itself, where the argument points
+                mount = Mount(fs, item.mount_root, folder / item.target)
+            else:
+                mount = Mount(fs, root, folder, files={
+                    rel: (join(root, path), size) for path, rel, size, _ in source.files})
+            staged._mounts.enter_context(mount)
             return True
         except Exception as exc:
             reason = f"the mount failed ({exc})"
@@ -349,6 +347,9 @@ def _mb(size: int) -> str:
 
 
 # -- the script's view ------------------------------------------------------------------------
+
+
+SCRATCH_IN, SCRATCH_OUT = "data", "data-out"  # a run's inputs and data outputs, beside src/
 
 
 def output_dirs(plan: DataPlan | None, cwd: Path, out_root: Path) -> dict[str, str]:
