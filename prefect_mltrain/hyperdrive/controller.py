@@ -348,10 +348,11 @@ class Sweep:
             return None
 
     def _premake(self) -> None:
-        """Make the next trials' flow runs while the current trials run."""
+        """Make the next trials' flow runs while the current trials run: two slots' worth
+        ahead, as one write to a busy embedded server can wait ~5 s for SQLite's lock."""
         if self.deployment is not None or self.exhausted:
             return
-        upto = min(self.spec.max_total_runs, len(self.trials) + self.spec.concurrency)
+        upto = min(self.spec.max_total_runs, len(self.trials) + 2 * self.spec.concurrency)
         for index in range(len(self.trials), upto):
             self._make_ahead(index)
 
