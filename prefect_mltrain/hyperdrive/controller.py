@@ -34,7 +34,7 @@ from .parameters import argument_name, format_value
 from .policies import Curve
 from .sampling import Trial
 
-POLL_SECONDS = 0.2  # a freed slot is filled within this; one poll reads 4 records: ~ms
+POLL_SECONDS = 0.2  # a freed slot is filled within this; a poll reads the running trials (~ms)
 SUBFLOW_WAIT_SECONDS = 10.0  # a trial whose subflow run is not made by then makes its own
 STOP_WAIT_SECONDS = 120.0  # how long ending trials are waited for when the sweep stops
 SWEEP_FILE = "sweep.json"
