@@ -35,8 +35,14 @@ BENCHMARKS: dict[str, ModuleType] = {
 
 def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every benchmark's checks over its numbers in ``results``, then one failed check per
-    benchmark that raised."""
-    out = []
+    benchmark that raised; a run of a library with uncommitted edits fails, whatever it
+    measured (its numbers belong to no commit)."""
+    versions = results.get("versions") or {}
+    edited = ("had uncommitted edits" if versions.get("library_dirty") else
+              "changed during the run" if versions.get("library_changed_during_run") else None)
+    out = [check("the library measured is a commit", not edited,
+                 f"prefect_mltrain/ {edited or 'as committed'}"
+                 + (": commit (or stash) the edits and run again" if edited else ""))]
     for name, module in BENCHMARKS.items():
         if results.get(name):
             out += module.checks(results[name])
