@@ -197,9 +197,17 @@ class Run:
 
     @property
     def input_datasets(self) -> dict[str, str]:
-        """Inside a script: the local path of each named input (``as_named_input(name)``)."""
-        return json.loads(os.environ.get("MLTRAIN_INPUT_DATASETS") or "{}") \
-            if self._stage is not None else {}
+        """Inside a script: the local path of each named input (``as_named_input(name)``);
+        a tabular dataset's path also reads as a table (``.to_pandas_dataframe()``)."""
+        if self._stage is None:
+            return {}
+        paths = json.loads(os.environ.get("MLTRAIN_INPUT_DATASETS") or "{}")
+        tables = json.loads(os.environ.get("MLTRAIN_INPUT_TABLES") or "{}")
+        if tables:
+            from .data.dataset import LocalTabularDataset
+
+            paths.update({k: LocalTabularDataset(paths[k], r) for k, r in tables.items()})
+        return paths
 
     @property
     def output_datasets(self) -> dict[str, str]:

@@ -139,6 +139,38 @@ def test_tabular_dataset_to_pandas(ws, tmp_path):
 
 # -- runs --------------------------------------------------------------------------------------
 
+READS_A_TABLE = """
+    import json
+    from prefect_mltrain import Run
+    table = Run.get_context().input_datasets["scores"]
+    frame = table.to_pandas_dataframe()
+    json.dump({"rows": len(frame), "columns": list(frame.columns),
+               "total": int(frame["score"].sum()), "path": str(table)},
+              open("outputs/table.json", "w"))
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_script_reads_a_tabular_input_as_a_table(ws, tmp_path):
+    """v1's ``run.input_datasets[name].to_pandas_dataframe()`` in the script, on the
+    dataset's own reader settings (here ``;``-separated, two files, one table)."""
+    ds = ws.get_default_datastore()
+    (tmp_path / "tables").mkdir()
+    for i in range(2):
+        (tmp_path / "tables" / f"part{i}.csv").write_text(
+            f"name;score\na{i};{i + 1}\nb{i};{10 * (i + 1)}\n")
+    ds.upload(src_dir=tmp_path / "tables", target_path="scores", show_progress=False)
+    table = Dataset.Tabular.from_delimited_files(path=[(ds, "scores/*.csv")], separator=";")
+    table = table.register(ws, "scores")
+    write_script(tmp_path / "proj", "table.py", READS_A_TABLE)
+    run = Experiment(ws, "tables").submit(ScriptRunConfig(
+        tmp_path / "proj", "table.py", arguments=["--scores", table.as_named_input("scores")]))
+    assert run.wait_for_completion(timeout=120)["status"] == "Completed"
+    seen = json.loads(run.download_file("outputs/table.json", tmp_path / "t.json").read_text())
+    assert seen["rows"] == 4 and seen["columns"] == ["name", "score"]
+    assert seen["total"] == 1 + 10 + 2 + 20
+    assert seen["path"].endswith("/scores")  # still the local path, for scripts that use it
+
 READER = """
     import json, os, pathlib, sys
     from prefect_mltrain import Run

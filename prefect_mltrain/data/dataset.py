@@ -237,22 +237,57 @@ class TabularDataset(_Dataset):
 
     def to_pandas_dataframe(self):
         """The table as a pandas DataFrame (pandas, and pyarrow for Parquet, needed)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise DataError("to_pandas_dataframe needs pandas: pip install pandas "
-                            "(and pyarrow for Parquet)") from exc
-        reader = self._spec.reader
+        pd = _pandas()
         frames = []
         for f in self.files():
             fs, root = Datastore.get(self.workspace, f.datastore).filesystem()
             with fs.open(join(root, f.path), "rb") as handle:
-                if reader.get("format") == "parquet":
-                    frames.append(pd.read_parquet(handle))
-                else:
-                    frames.append(pd.read_csv(handle, sep=reader.get("separator", ","),
-                                              header=0 if reader.get("header", True) else None))
+                frames.append(_frame(pd, handle, self._spec.reader))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+class LocalTabularDataset(str):
+    """A tabular dataset as a run's script gets it (``Run.input_datasets[name]``): the local
+    path of its files, which also reads them as one table, as v1's ``TabularDataset`` did.
+
+    Example:
+        ```python
+        df = Run.get_context().input_datasets["train"].to_pandas_dataframe()
+        ```
+    """
+
+    def __new__(cls, path: str, reader: dict[str, Any]):
+        self = super().__new__(cls, path)
+        self.reader = reader
+        return self
+
+    def to_pandas_dataframe(self):
+        """The table as a pandas DataFrame, from the files made local for the run."""
+        pd = _pandas()
+        path = Path(self)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        frames = []
+        for file in files:
+            with open(file, "rb") as handle:
+                frames.append(_frame(pd, handle, self.reader))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise DataError("to_pandas_dataframe needs pandas: pip install pandas "
+                        "(and pyarrow for Parquet)") from exc
+    return pd
+
+
+def _frame(pd, handle, reader: dict[str, Any]):
+    """One file of a tabular dataset as a DataFrame, read as the dataset says."""
+    if reader.get("format") == "parquet":
+        return pd.read_parquet(handle)
+    return pd.read_csv(handle, sep=reader.get("separator", ","),
+                       header=0 if reader.get("header", True) else None)
 
 
 def _paths(path: Any) -> list[DataPath]:

@@ -67,6 +67,7 @@ class InputPlan:
     overwrite: bool = False
     mount_root: str | None = None  # the store folder a mount shows (None: just the files)
     named: bool = False  # a dataset: in Run.input_datasets
+    reader: dict[str, Any] | None = None  # a tabular dataset: how its files read as a table
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +142,7 @@ def plan_data(ws, arguments: list[Any]) -> DataPlan | None:
             plan.inputs.append(InputPlan(
                 ref.key, "download" if ref.mode in ("direct", "download") else "mount",
                 sources, path_on_compute=ref.path_on_compute, named=True,
+                reader=ref.dataset.reader if ref.dataset.type == "tabular" else None,
                 lineage={"name": ref.key, "dataset": ref.dataset.name,
                          "version": ref.dataset.version, "type": ref.dataset.type,
                          "manifest_hash": digest, "datastores": sorted(by_store),
@@ -390,6 +392,8 @@ def data_env(plan: DataPlan | None, paths: dict[str, str]) -> dict[str, str]:
     env.update({o.key: paths[o.key] for o in plan.outputs})
     env["MLTRAIN_INPUT_DATASETS"] = json.dumps({i.key: paths[i.key] for i in plan.inputs
                                                 if i.named})
+    env["MLTRAIN_INPUT_TABLES"] = json.dumps({i.key: i.reader for i in plan.inputs
+                                              if i.reader is not None})
     env["MLTRAIN_OUTPUT_DATASETS"] = json.dumps({o.key: paths[o.key] for o in plan.outputs})
     return env
 
