@@ -369,6 +369,27 @@ def test_every_dask_rank_writes_its_data_outputs(ws, tmp_path, dask_cluster):
     assert written == {"made": 4, "chosen": 4}
 
 
+def test_a_file_that_changes_between_planning_and_download_is_not_cached(ws, tmp_path):
+    """The content cache is keyed by what the plan saw: a file whose size changed before it
+    was fetched stops the staging by name, and is not cached as the old version."""
+    from prefect_mltrain.data.staging import plan_data, stage_inputs
+
+    make_files(tmp_path / "src")
+    ds = ws.get_default_datastore()
+    ds.upload(src_dir=tmp_path / "src", target_path="moving", show_progress=False)
+    arguments = ["--d", ds.path("moving", data_reference_name="d").as_download()]
+    plan = plan_data(ws, arguments)
+    fs, root = ds.filesystem()
+    fs.pipe_file(f"{root}/moving/labels.csv", b"rewritten after the plan, longer than before")
+    with pytest.raises(DataError, match="labels.csv changed in the store since the run was "
+                                        "planned"):
+        stage_inputs(plan, tmp_path / "run", tmp_path / "data")
+    staged = stage_inputs(plan_data(ws, arguments), tmp_path / "run", tmp_path / "data2")
+    labels = Path(staged.paths["d"]) / "labels.csv"
+    assert labels.read_bytes() == b"rewritten after the plan, longer than before"
+    staged.close()
+
+
 def test_output_names_and_destinations(ws):
     out = OutputFileDatasetConfig()
     assert out.name.startswith("output_") and out.destination_path == "dataset/{run-id}/{output-name}"

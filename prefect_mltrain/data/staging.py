@@ -299,7 +299,14 @@ def _download(item: InputPlan, folder: Path, on_line, stop) -> dict[str, int]:
                     tmp.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     fs.get([w[0] for w in batch], [str(t) for t in tmps])
-                    for (_, obj, _, _), tmp in zip(batch, tmps, strict=True):
+                    for (remote, obj, _, size), tmp in zip(batch, tmps, strict=True):
+                        # changed since the plan: never cached under the plan's key (a
+                        # size of 0 is one the store did not tell)
+                        if size and os.path.getsize(tmp) != size:
+                            raise DataError(
+                                f"input {item.key}: {remote} changed in the store since the "
+                                f"run was planned ({size} -> {os.path.getsize(tmp)} bytes): "
+                                "submit again (a pinned dataset version then says so)")
                         os.chmod(tmp, 0o444)  # linked into runs: no script may change it
                         os.replace(tmp, obj)
                 finally:
