@@ -390,6 +390,36 @@ def test_a_file_that_changes_between_planning_and_download_is_not_cached(ws, tmp
     staged.close()
 
 
+def test_s3_transfers_go_through_obstore_only_when_the_options_say_all_it_needs(
+        s3_workspace_options, tmp_path, monkeypatch):
+    """Given keys and an endpoint, a bulk download is obstore's, byte for byte what the store
+    holds; credentials it would find elsewhere (a profile, a role) or options it would not
+    read the same way leave it to s3fs."""
+    import s3fs
+
+    from prefect_mltrain.data.s3_bulk import bulk_getter
+
+    options = s3_workspace_options["storage_options"]
+    prefix = f"mltrain-test/bulk-{uuid.uuid4().hex[:8]}"
+    files = {f"{prefix}/d/f{i}.bin": uuid.uuid4().bytes * (i * 5000 + 1) for i in range(20)}
+    s3fs.S3FileSystem(**options).pipe(files)
+    get = bulk_getter("s3://mltrain-test", options)
+    assert get is not None
+    local = [str(tmp_path / f"f{i}.bin") for i in range(20)]
+    get(list(files), local)
+    assert [open(p, "rb").read() for p in local] == list(files.values())
+    with pytest.raises(FileNotFoundError):
+        get([f"{prefix}/missing.bin"], [str(tmp_path / "missing.bin")])
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):  # a region from nowhere
+        monkeypatch.delenv(name, raising=False)
+    keyless = {k: v for k, v in options.items() if k not in ("key", "secret")}
+    for url, other in [("s3://mltrain-test", keyless),
+                       ("s3://mltrain-test", {**options, "requester_pays": True}),
+                       ("s3://mltrain-test", {"key": "k", "secret": "s"}),  # no region
+                       ("gs://bucket", options)]:
+        assert bulk_getter(url, other) is None, (url, other)
+
+
 def test_output_names_and_destinations(ws):
     out = OutputFileDatasetConfig()
     assert out.name.startswith("output_") and out.destination_path == "dataset/{run-id}/{output-name}"

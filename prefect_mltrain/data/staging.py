@@ -263,11 +263,13 @@ def _download(item: InputPlan, folder: Path, on_line, stop) -> dict[str, int]:
 
     from ..home import cache_dir
     from .datastore import join
+    from .s3_bulk import bulk_getter
 
     cache = cache_dir("data")
     got_files = got_bytes = 0
     for source in item.sources:
         fs, root = source.filesystem()
+        get = bulk_getter(source.url, source.options) or fs.get
         wanted = []
         for path, rel, size, token in source.files:
             dest = folder / rel
@@ -298,7 +300,7 @@ def _download(item: InputPlan, folder: Path, on_line, stop) -> dict[str, int]:
                 for tmp in tmps:
                     tmp.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    fs.get([w[0] for w in batch], [str(t) for t in tmps])
+                    get([w[0] for w in batch], [str(t) for t in tmps])
                     for (remote, obj, _, size), tmp in zip(batch, tmps, strict=True):
                         # changed since the plan: never cached under the plan's key (a
                         # size of 0 is one the store did not tell)

@@ -1,0 +1,90 @@
+"""Many files from S3 at once through obstore (a Rust client), where a datastore allows it.
+
+s3fs fetches many small files at the pace of its Python client: botocore signs and parses
+every request on a CPU that, on a small machine, the store's server or the training script
+also needs. obstore's client moved the benchmark's 1,000 files of 200 KB in 2.45 s where
+s3fs, with 64 connections, took 3.04 s (s5cmd: 2.61 s). It is used for the transfer only,
+and only when the datastore's options say everything it needs plainly: keys given (or
+anonymous access) and a region or an endpoint. Anything else — credentials from a profile
+or an instance role, other s3fs options — stays with s3fs, which follows boto's whole
+chain. Listings, and so the pins of dataset versions, are always s3fs's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+CONNECTIONS = 64  # requests in flight, as the s3fs pool of the same transfers
+CHUNK_BYTES = 8 * 2**20  # a file is written as it arrives, in pieces of about this size
+_OPTIONS = {"key", "secret", "token", "anon", "endpoint_url", "client_kwargs",
+            "config_kwargs", "use_listings_cache"}
+_CLIENT = {"endpoint_url", "region_name"}
+
+Getter = Callable[[list[str], list[str]], None]
+
+
+def bulk_getter(url: str, options: dict[str, Any]) -> Getter | None:
+    """``get(remote_paths, local_paths)`` through obstore for the S3 store ``url`` with
+    ``options``, or None when s3fs must do it (not S3, obstore missing, or options that
+    obstore would not read the same way)."""
+    if not url.startswith(("s3://", "s3a://")) or set(options) - _OPTIONS:
+        return None
+    client = dict(options.get("client_kwargs") or {})
+    if set(client) - _CLIENT or set(options.get("config_kwargs") or {}) - {
+            "max_pool_connections"}:
+        return None
+    try:
+        from obstore.store import S3Store
+    except ImportError:
+        return None
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    region = client.get("region_name") or os.environ.get("AWS_REGION") \
+        or os.environ.get("AWS_DEFAULT_REGION")
+    if options.get("anon"):
+        settings: dict[str, Any] = {"skip_signature": True}
+    elif options.get("key") and options.get("secret"):
+        settings = {"access_key_id": options["key"], "secret_access_key": options["secret"]}
+        if options.get("token"):
+            settings["token"] = options["token"]
+    else:
+        return None
+    if not (region or endpoint):  # s3fs finds a bucket's region; obstore would not
+        return None
+    if region:
+        settings["region"] = region
+    if endpoint:
+        settings["endpoint"] = endpoint
+    http = {"allow_http": True} if str(endpoint or "").startswith("http://") else {}
+    stores: dict[str, Any] = {}
+
+    def store(bucket: str) -> Any:
+        if bucket not in stores:
+            stores[bucket] = S3Store(bucket, client_options=http, **settings)
+        return stores[bucket]
+
+    def get(remotes: list[str], locals_: list[str]) -> None:
+        # Its own event loop, in its own thread: the caller may be inside one (a flow).
+        with ThreadPoolExecutor(1, thread_name_prefix="mltrain-s3-get") as pool:
+            pool.submit(asyncio.run, _fetch(store, remotes, locals_)).result()
+
+    return get
+
+
+async def _fetch(store: Callable[[str], Any], remotes: list[str], locals_: list[str]) -> None:
+    import obstore
+
+    gate = asyncio.Semaphore(CONNECTIONS)
+
+    async def one(remote: str, local: str) -> None:
+        bucket, _, key = remote.partition("/")
+        async with gate:
+            result = await obstore.get_async(store(bucket), key)
+            with open(local, "wb") as file:
+                async for chunk in result.stream(min_chunk_size=CHUNK_BYTES):
+                    file.write(chunk)
+
+    await asyncio.gather(*(one(r, p) for r, p in zip(remotes, locals_, strict=True)))
