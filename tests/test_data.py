@@ -410,9 +410,14 @@ def test_s3_transfers_go_through_obstore_only_when_the_options_say_all_it_needs(
     assert [open(p, "rb").read() for p in local] == list(files.values())
     with pytest.raises(FileNotFoundError):
         get([f"{prefix}/missing.bin"], [str(tmp_path / "missing.bin")])
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):  # a region from nowhere
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):  # nothing from elsewhere
         monkeypatch.delenv(name, raising=False)
     keyless = {k: v for k, v in options.items() if k not in ("key", "secret")}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])  # boto's first source
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
+    assert bulk_getter("s3://mltrain-test", keyless) is not None
+    monkeypatch.setenv("AWS_PROFILE", "other")  # a profile named too: s3fs settles it
     for url, other in [("s3://mltrain-test", keyless),
                        ("s3://mltrain-test", {**options, "requester_pays": True}),
                        ("s3://mltrain-test", {"key": "k", "secret": "s"}),  # no region

@@ -4,10 +4,11 @@ s3fs fetches many small files at the pace of its Python client: botocore signs a
 every request on a CPU that, on a small machine, the store's server or the training script
 also needs. obstore's client moved the benchmark's 1,000 files of 200 KB in 2.45 s where
 s3fs, with 64 connections, took 3.04 s (s5cmd: 2.61 s). It is used for the transfer only,
-and only when the datastore's options say everything it needs plainly: keys given (or
-anonymous access) and a region or an endpoint. Anything else — credentials from a profile
-or an instance role, other s3fs options — stays with s3fs, which follows boto's whole
-chain. Listings, and so the pins of dataset versions, are always s3fs's.
+and only when the keys are as plain as boto would take them first — in the datastore's
+options (or anonymous access), else in ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+with no ``AWS_PROFILE`` — and a region or an endpoint is given. Anything else (a profile,
+an instance role, other s3fs options) stays with s3fs, which follows boto's whole chain.
+Listings, and so the pins of dataset versions, are always s3fs's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def bulk_getter(url: str, options: dict[str, Any]) -> Getter | None:
         settings = {"access_key_id": options["key"], "secret_access_key": options["secret"]}
         if options.get("token"):
             settings["token"] = options["token"]
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY") \
+            and not os.environ.get("AWS_PROFILE"):  # boto's first source
+        settings = {"access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                    "secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            settings["token"] = os.environ["AWS_SESSION_TOKEN"]
     else:
         return None
     if not (region or endpoint):  # s3fs finds a bucket's region; obstore would not
