@@ -126,7 +126,8 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
     data_secrets = data.secrets() if data else []
     secret_list = [*_masked(ws, secrets), *data_secrets]
     try:
-        staged, paths = _stage_data(target, data, cwd, scratch, stop, logger)
+        outputs = _output_folders(target, data, cwd, scratch)
+        staged, paths = _stage_data(target, data, cwd, scratch, outputs, stop, logger)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -160,8 +161,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
         progress()  # the script's last value, read before the stage is removed
         if data and data.outputs:
             try:
-                written = upload_outputs(ws, data, _output_folders(target, data, cwd, scratch),
-                                         run_id, logger.info)
+                written = upload_outputs(ws, data, outputs, run_id, logger.info)
             except Exception as exc:
                 unwritten = mask(str(exc), secret_list)
                 logger.error("could not upload the run's data outputs: %s", unwritten)
@@ -192,7 +192,7 @@ def execute(workspace: str, experiment: str, run_id: str, target: ComputeTarget,
 
 
 def _stage_data(target: ComputeTarget, data: DataPlan | None, cwd: Path, scratch: Path,
-                stop, logger) -> tuple[Staged, dict[str, str]]:
+                outputs: dict[str, str], stop, logger) -> tuple[Staged, dict[str, str]]:
     """The run's data as local paths on this machine (or, for a target that stages them
     where its script runs, tokens that the target replaces there)."""
     if data is None:
@@ -201,13 +201,15 @@ def _stage_data(target: ComputeTarget, data: DataPlan | None, cwd: Path, scratch
         return Staged(), {**{i.key: data_token(i.key) for i in data.inputs},
                           **{o.key: data_token(o.key) for o in data.outputs}}
     staged = stage_inputs(data, cwd, scratch / SCRATCH_IN, logger.info, stop)
-    return staged, {**staged.paths, **_output_folders(target, data, cwd, scratch)}
+    return staged, {**staged.paths, **outputs}
 
 
-def _output_folders(target: ComputeTarget, data: DataPlan, cwd: Path,
+def _output_folders(target: ComputeTarget, data: DataPlan | None, cwd: Path,
                     scratch: Path) -> dict[str, str]:
     """Where each data output is on this machine: the folder the script writes, or, for a
-    target whose ranks run elsewhere, the folder their files came back to (one per output)."""
+    target whose ranks run elsewhere, the folder their files come back to (one per output)."""
+    if data is None:
+        return {}
     if target._stages_data_on_runner:
         return output_dirs(data, cwd, scratch / SCRATCH_OUT)
     return {o.key: str(scratch / SCRATCH_OUT / o.key) for o in data.outputs}

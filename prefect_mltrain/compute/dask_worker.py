@@ -102,8 +102,9 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
         staged.close()
         raise
     folders = [(src / n, n) for n in task.collect] + [(stage, "stage")]
-    # every rank's data outputs go home, wherever the script wrote them (``source``)
-    folders += [(Path(path), f"{SCRATCH_OUT}/{key}") for key, path in outputs.items()]
+    # every rank's data outputs go home at its end (they are uploaded only then), wherever
+    # the script wrote them (``source``)
+    data_out = [(Path(path), f"{SCRATCH_OUT}/{key}") for key, path in outputs.items()]
     seen: dict[str, tuple[int, int]] = {}
     published = 0
 
@@ -144,7 +145,7 @@ def run_rank(task: RankTask, snapshot: bytes) -> dict[str, Any]:
     publish(proc.finish_output(5))
     proc.close()
     staged.close()  # unmounted before the folder is removed
-    files = zip_files([(path, f"{prefix}/{rel}") for folder, prefix in folders
+    files = zip_files([(path, f"{prefix}/{rel}") for folder, prefix in folders + data_out
                        for path, rel, _ in changed_files(folder, {})])
     shutil.rmtree(root, ignore_errors=True)
     return {"label": task.label, "exit_code": code, "lines": published, "stopped": stopped,

@@ -58,12 +58,11 @@ def version_token(info: dict[str, Any]) -> str:
     return ""
 
 
-def list_path(ws: Workspace, data_path: DataPath) -> list[ManifestFile]:
-    """The files a path or glob names in its datastore (a folder: every file under it);
-    their ``rel`` is relative to the path's folder part before any glob."""
-    store = Datastore.get(ws, data_path.datastore)
+def list_path(store: Datastore, path: str) -> list[ManifestFile]:
+    """The files a path or glob names in the datastore ``store`` (a folder: every file under
+    it); their ``rel`` is relative to the path's folder part before any glob."""
     fs, root = store.filesystem()
-    pattern = store_path(data_path.path)
+    pattern = store_path(path)
     parts = pattern.split("/") if pattern else []
     fixed = []
     for part in parts:
@@ -93,8 +92,11 @@ def list_path(ws: Workspace, data_path: DataPath) -> list[ManifestFile]:
 
 def build_manifest(ws: Workspace, spec: DatasetSpec) -> list[ManifestFile]:
     files: dict[str, ManifestFile] = {}
+    stores: dict[str, Datastore] = {}  # each read once (its credentials with it)
     for data_path in spec.paths:
-        listed = list_path(ws, data_path)
+        if data_path.datastore not in stores:
+            stores[data_path.datastore] = Datastore.get(ws, data_path.datastore)
+        listed = list_path(stores[data_path.datastore], data_path.path)
         if not listed:
             raise DataError(f"{data_path.path!r} in datastore {data_path.datastore!r} names no "
                             "files: check the path and glob (paths are relative to the "
@@ -237,13 +239,15 @@ class TabularDataset(_Dataset):
 
     def to_pandas_dataframe(self):
         """The table as a pandas DataFrame (pandas, and pyarrow for Parquet, needed)."""
-        pd = _pandas()
-        frames = []
-        for f in self.files():
-            fs, root = Datastore.get(self.workspace, f.datastore).filesystem()
-            with fs.open(join(root, f.path), "rb") as handle:
-                frames.append(_frame(pd, handle, self._spec.reader))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        stores: dict[str, tuple[Any, str]] = {}  # one filesystem per datastore
+
+        def opener(f: ManifestFile):
+            if f.datastore not in stores:
+                stores[f.datastore] = Datastore.get(self.workspace, f.datastore).filesystem()
+            fs, root = stores[f.datastore]
+            return lambda: fs.open(join(root, f.path), "rb")
+
+        return _table([opener(f) for f in self.files()], self._spec.reader)
 
 
 class LocalTabularDataset(str):
@@ -263,31 +267,28 @@ class LocalTabularDataset(str):
 
     def to_pandas_dataframe(self):
         """The table as a pandas DataFrame, from the files made local for the run."""
-        pd = _pandas()
         path = Path(self)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        frames = []
-        for file in files:
-            with open(file, "rb") as handle:
-                frames.append(_frame(pd, handle, self.reader))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return _table([lambda file=file: open(file, "rb") for file in files], self.reader)
 
 
-def _pandas():
+def _table(opens: list[Any], reader: dict[str, Any]):
+    """The files (each opened by a call of ``opens``) read as one table, as the dataset's
+    reader settings say."""
     try:
         import pandas as pd
     except ImportError as exc:
         raise DataError("to_pandas_dataframe needs pandas: pip install pandas "
                         "(and pyarrow for Parquet)") from exc
-    return pd
-
-
-def _frame(pd, handle, reader: dict[str, Any]):
-    """One file of a tabular dataset as a DataFrame, read as the dataset says."""
-    if reader.get("format") == "parquet":
-        return pd.read_parquet(handle)
-    return pd.read_csv(handle, sep=reader.get("separator", ","),
-                       header=0 if reader.get("header", True) else None)
+    frames = []
+    for open_file in opens:
+        with open_file() as handle:
+            if reader.get("format") == "parquet":
+                frames.append(pd.read_parquet(handle))
+            else:
+                frames.append(pd.read_csv(handle, sep=reader.get("separator", ","),
+                                          header=0 if reader.get("header", True) else None))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _paths(path: Any) -> list[DataPath]:

@@ -131,7 +131,7 @@ def plan_data(ws, arguments: list[Any]) -> DataPlan | None:
                                             "tags": ref.register_tags}
                 if ref.register_name else None))
         elif isinstance(ref, DataReference):
-            plan.inputs.append(_plan_reference(ws, store(ref.datastore_name), ref))
+            plan.inputs.append(_plan_reference(store(ref.datastore_name), ref))
         elif isinstance(ref, DatasetConsumptionConfig):
             files, digest = pinned_files(ws, ref.dataset)
             by_store: dict[str, list] = {}
@@ -150,11 +150,10 @@ def plan_data(ws, arguments: list[Any]) -> DataPlan | None:
     return plan
 
 
-def _plan_reference(ws, ds, ref: DataReference) -> InputPlan:
+def _plan_reference(ds, ref: DataReference) -> InputPlan:
     from .dataset import list_path, manifest_hash
-    from .references import DataPath
 
-    files = list_path(ws, DataPath(datastore=ds.name, path=ref.path_on_datastore))
+    files = list_path(ds, ref.path_on_datastore)
     if not files:
         raise DataError(f"{ds.full_url(ref.path_on_datastore)} (datastore {ds.name!r}) holds "
                         "no files: upload them first (ds.upload(src_dir=..., target_path=...)) "
