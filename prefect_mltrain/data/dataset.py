@@ -26,6 +26,7 @@ from .references import (
     check_data_name,
     store_path,
 )
+from .s3_bulk import bulk_lister
 
 REGISTRY = "datasets"
 _GLOB = set("*?[")
@@ -76,7 +77,8 @@ def list_path(store: Datastore, path: str) -> list[ManifestFile]:
             found = {fs._strip_protocol(k): v for k, v in fs.glob(full, detail=True).items()
                      if v.get("type") == "file"}
         else:  # a folder's files, or the one file the path names (fsspec's find gives it)
-            found = _files(fs, full)
+            find = bulk_lister(store.url, store.options())
+            found = find(fs._strip_protocol(full)) if find else _files(fs, full)
             if list(found) == [fs._strip_protocol(full)]:
                 base = full.rsplit("/", 1)[0]
     except (PermissionError, OSError) as exc:
