@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool, cancel, sweep, spark, data)
+                                                  # dist, pool, cancel, sweep, spark, data, listing)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -48,6 +48,10 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
             --recursive`` and ``s5cmd cp``; warm (same cache) vs. listing the prefix; the first
             byte of a 1 GB file through an ``as_mount`` FUSE mount (where FUSE works);
             interleaved.
+  listing   finding runs among 10,000 generated records in one experiment, on a local
+            folder and on S3 (moto_server): ``mltrain runs list`` (first page),
+            ``get_runs(tags=...)``, ``get_children()`` of a parent with 1,000 children, vs.
+            reading every record; interleaved.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -63,6 +67,7 @@ import traceback
 from typing import Any
 
 import bench_data
+import bench_listing
 from harness import (
     HERE,
     RESULTS,
@@ -81,6 +86,7 @@ from report import BENCHMARKS, checks, markdown
 # Registered here, after the benchmarks of report.py (the same dict: its checks and markdown
 # see it too).
 BENCHMARKS.setdefault("data", bench_data)
+BENCHMARKS.setdefault("listing", bench_listing)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -343,7 +343,7 @@ def runs_list(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
     watcher = Watcher(store)  # a run whose runner died shows as ended, with the reason
     rows = []
     for name in [experiment] if experiment else store.experiments():
-        records = [r for r in store.records(name) if not r.parent_run_id][:limit]
+        records = store.read_many(name, [e.run_id for e in store.entries(name)[:limit]])
         rows += [{"run_id": r.run_id, "experiment": name, "status": r.status.value,
                   "created_at": r.created_at}
                  for r in map(watcher.settle, records)]
@@ -393,6 +393,29 @@ def runs_sync(run_id: str, common: Common = _NO_COMMON) -> int:
     _emit(common, {"run_id": run_id, "uploaded_files": uploaded},
           f"stored {uploaded} file(s) of {run_id}" if uploaded else
           f"run {run_id} has no files waiting to be stored")
+    return 0
+
+
+@runs_app.command(name="reindex")
+def runs_reindex(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
+                 common: Common = _NO_COMMON) -> int:
+    """Make the index that lists runs again from their records (after copying run folders
+    into the workspace by hand, or restoring some from a backup).
+
+    Parameters
+    ----------
+    experiment
+        Only this experiment.
+    """
+    from .store import RunStore
+
+    store = RunStore(_workspace(common))
+    rows = []
+    for name in [experiment] if experiment else store.experiments():
+        added, removed = store.reindex(name)
+        rows.append({"experiment": name, "added": added, "removed": removed})
+    _emit(common, rows, "\n".join(f"{r['experiment']}: {r['added']} entries added, "
+                                  f"{r['removed']} removed" for r in rows) or "no experiments")
     return 0
 
 

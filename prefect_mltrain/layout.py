@@ -78,6 +78,13 @@ def runs_dir(experiment: str) -> str:
     return f"experiments/{experiment}/runs"
 
 
+def index_dir(experiment: str, parent_run_id: str | None = None) -> str:
+    """Where the experiment's index names its runs: ``index/top/`` the runs without a
+    parent, ``index/children/<parent>/`` the children of each."""
+    base = f"experiments/{experiment}/index"
+    return f"{base}/children/{parent_run_id}" if parent_run_id else f"{base}/top"
+
+
 def run_dir(experiment: str, run_id: str) -> str:
     return f"experiments/{experiment}/runs/{run_id}"
 

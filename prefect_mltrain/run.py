@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events as event_lines
 from .context import RunWriter, current, rank
@@ -36,6 +36,9 @@ from .layout import (
     run_dir,
     safe_relpath,
 )
+
+if TYPE_CHECKING:
+    from .store import Entry
 
 OFFLINE_DIR = ".mltrain-offline"
 
@@ -87,20 +90,15 @@ class Experiment:
         kind = HyperDriveRun if isinstance(config, HyperDriveConfig) else Run
         return kind(self, submit(self.workspace, self.name, config, tags, properties))
 
-    def get_runs(self, include_children: bool = False, tags: dict[str, str] | None = None,
-                 status: str | None = None) -> list[Run]:
-        """Runs of this experiment, newest first."""
-        runs = []
-        for record in self._store.records(self.name):
-            if record.parent_run_id and not include_children:
-                continue
-            if status and record.status != status:
-                continue
-            run = _handle(self, record)
-            if tags and any(run.get_tags().get(k) != v for k, v in tags.items()):
-                continue
-            runs.append(run)
-        return runs
+    def get_runs(self, include_children: bool = False, tags: str | dict[str, str] | None = None,
+                 properties: str | dict[str, str] | None = None, status: str | None = None
+                 ) -> list[Run]:
+        """Runs of this experiment, newest first; with ``include_children`` their children
+        too. As in v1, ``tags`` and ``properties`` are a name the run must have, or names
+        with the values it must have. Found in the experiment's index: no record is read
+        unless a filter needs it."""
+        return _matching(self, self._store.entries(self.name, every=include_children),
+                         tags, properties, status)
 
     @classmethod
     def list(cls, workspace: Any) -> list[Experiment]:
@@ -401,11 +399,11 @@ class Run:
     @classmethod
     def get(cls, workspace: Any, run_id: str) -> Run:
         """Find a run by id in any experiment of the workspace (a sweep: a ``HyperDriveRun``)."""
-        from .store import RunStore
+        from .store import Entry, RunStore
 
         store = RunStore(workspace)
         experiment = Experiment(workspace, store.experiment_of(run_id))
-        return _handle(experiment, store.read(experiment.name, run_id))
+        return _handle(experiment, Entry.of(store.read(experiment.name, run_id)))
 
     def _record(self) -> Any:
         return self._store.read(self.experiment.name, self.id)
@@ -601,9 +599,19 @@ class Run:
                 advance(1)
         return paths
 
-    def get_children(self) -> list[Run]:
-        return [_handle(self.experiment, r) for r in self._store.records(self.experiment.name)
-                if r.parent_run_id == self.id]
+    def get_children(self, recursive: bool = False, tags: str | dict[str, str] | None = None,
+                     properties: str | dict[str, str] | None = None, status: str | None = None
+                     ) -> list[Run]:
+        """This run's children, newest first (``recursive``: theirs too), with v1's filters
+        (as ``Experiment.get_runs``); one listing of the index when none is given."""
+        from .store import Entry
+
+        store, name = self._store, self.experiment.name
+        if recursive:
+            entries = [Entry.of(r) for r in store.descendants(name, self.id)]
+        else:
+            entries = store.entries(name, self.id)
+        return _matching(self.experiment, entries, tags, properties, status)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -662,8 +670,8 @@ class HyperDriveRun(Run):
         experiment = store.experiment_of(sweep_id) if run_id else self.experiment.name
         best = max if spec.maximize else min
         out = []
-        for record in store.records(experiment):
-            if record.parent_run_id != sweep_id or DRAW not in record.properties:
+        for record in store.children(experiment, sweep_id):
+            if DRAW not in record.properties:
                 continue
             values = primary_values(store.events(experiment, record.run_id),
                                     spec.primary_metric_name)
@@ -775,9 +783,42 @@ class HyperDriveRun(Run):
         return self.get_details()
 
 
-def _handle(experiment: Experiment, record: Any) -> Run:
-    """The handle for a recorded run: a ``HyperDriveRun`` for a sweep, else a ``Run``."""
-    return (HyperDriveRun if record.hyperdrive is not None else Run)(experiment, record.run_id)
+def _handle(experiment: Experiment, entry: Entry) -> Run:
+    """The handle for a listed run: a ``HyperDriveRun`` for a sweep, else a ``Run``."""
+    return (HyperDriveRun if entry.sweep else Run)(experiment, entry.run_id)
+
+
+READ_BATCH = 256  # records read at once while filtering runs
+
+
+def _matching(experiment: Experiment, entries: list[Entry], tags: str | dict[str, str] | None,
+              properties: str | dict[str, str] | None, status: str | None) -> list[Run]:
+    """Handles of the listed runs that pass v1's filters (records read only for those)."""
+    from .store import Entry
+
+    if not (tags or properties or status):
+        return [_handle(experiment, e) for e in entries]
+    out = []
+    for start in range(0, len(entries), READ_BATCH):
+        batch = [e.run_id for e in entries[start:start + READ_BATCH]]
+        for record in experiment._store.read_many(experiment.name, batch):
+            if status and record.status != status:
+                continue
+            run = _handle(experiment, Entry.of(record))
+            events = run._events() if tags or properties else []
+            if tags and not _has(event_lines.tags(events, record.tags), tags):
+                continue
+            if properties and not _has({**event_lines.properties(events),
+                                        **record.properties}, properties):
+                continue
+            out.append(run)
+    return out
+
+
+def _has(values: dict[str, str], wanted: str | dict[str, str]) -> bool:
+    if isinstance(wanted, str):
+        return wanted in values
+    return all(values.get(k) == str(v) for k, v in wanted.items())
 
 
 def _target_path(path: str | os.PathLike | None, default_name: str) -> Path:

@@ -6,6 +6,14 @@ runner moving its run along, a watcher ending a run whose runner died, a submitt
 where it sent the run — never lose each other's update. Reading never writes. The store
 also reads what a run's processes left in its folder (events, files) and keeps the
 smaller files a run has: the runner's heartbeat and cancel requests.
+
+Each experiment has an index beside its records, so finding runs reads no record: one
+empty object per run, whose name holds what never changes about it (when it was created,
+whether it is a sweep, its id), under ``index/top/`` or its parent's ``index/children/``.
+Names sort newest first, so one listing gives a page of runs or a parent's children. The
+records stay the system of record: ``reindex`` makes the index again from them, and an
+experiment recorded before the index existed is read record by record until its next run
+is created (which builds its index).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -37,6 +46,7 @@ from .layout import (
     check_metric_name,
     check_name,
     experiment_dir,
+    index_dir,
     new_run_id,
     run_dir,
     runs_dir,
@@ -44,6 +54,41 @@ from .layout import (
 )
 from .records import RunRecord, RunStatus
 from .workspace import Workspace
+
+INDEX_VERSION = 1  # experiment.json's "index": every run of the experiment is in its index
+_NEWEST = 10**16  # µs; an entry's name starts with _NEWEST - created µs: newest sorts first
+DANGLING_ENTRY_SECONDS = 600.0  # an entry without a record, older than this, is removed
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A run as the index names it: what never changes about it."""
+
+    run_id: str
+    created_at: float
+    sweep: bool
+    parent_run_id: str | None = None
+
+    @classmethod
+    def of(cls, record: RunRecord) -> Entry:
+        return cls(record.run_id, record.created_at, record.hyperdrive is not None,
+                   record.parent_run_id)
+
+    @property
+    def name(self) -> str:
+        when = _NEWEST - round(self.created_at * 1e6)
+        return f"{when:016d}_{'h' if self.sweep else 'r'}_{self.run_id}"
+
+    def path(self, experiment: str) -> str:
+        return f"{index_dir(experiment, self.parent_run_id)}/{self.name}"
+
+    @classmethod
+    def parse(cls, name: str, parent_run_id: str | None) -> Entry | None:
+        when, _, rest = name.partition("_")
+        kind, _, run_id = rest.partition("_")
+        if not (when.isdigit() and kind in ("h", "r") and run_id) or is_partial(name):
+            return None
+        return cls(run_id, (_NEWEST - int(when)) / 1e6, kind == "h", parent_run_id)
 
 
 class RunStore:
@@ -94,10 +139,16 @@ class RunStore:
                 self.ws.write_bytes(f"{folder}/{GIT_DIFF}", diff.encode())
             record.git = git
         record.number = self._next_number(experiment)
+        entry = Entry.of(record).path(experiment)
         with self.ws.lock(f"{folder}/{RECORD}"):
             if self.ws.exists(f"{folder}/{RECORD}"):
                 raise FileExistsError(f"run {record.run_id} exists already in {self.ws}")
-            self.ws.write_bytes(f"{folder}/{RECORD}", record.to_json())
+            self.ws.write_bytes(entry, b"")  # first: a run is never recorded unlisted
+            try:
+                self.ws.write_bytes(f"{folder}/{RECORD}", record.to_json())
+            except BaseException:
+                self.ws.delete(entry)
+                raise
         return record
 
     def _next_number(self, experiment: str) -> int:
@@ -109,13 +160,40 @@ class RunStore:
                                                        "created_at": time.time()}
             if "last_run_number" not in info:  # runs recorded before runs had numbers
                 info["last_run_number"] = len(self.run_ids(experiment))
+            if info.get("index") != INDEX_VERSION:  # runs recorded before the index
+                self._rebuild_index(experiment)
+                info["index"] = INDEX_VERSION
             info["last_run_number"] += 1
             self.ws.write_json(marker, info)
         return info["last_run_number"]
 
     def read(self, experiment: str, run_id: str) -> RunRecord:
         try:
-            return RunRecord.from_json(self.ws.read_bytes(f"{run_dir(experiment, run_id)}/{RECORD}"))
+            data: bytes | Exception = self.ws.read_bytes(f"{run_dir(experiment, run_id)}/{RECORD}")
+        except Exception as exc:
+            data = exc
+        return self._parse(experiment, run_id, data)
+
+    def read_many(self, experiment: str, run_ids: list[str]) -> list[RunRecord]:
+        """The records of ``run_ids`` in that order, read at once; a run without a record
+        (being created) is left out, and so is a damaged one, with a warning naming it."""
+        got = self.ws.read_many([f"{run_dir(experiment, i)}/{RECORD}" for i in run_ids])
+        found = []
+        for run_id in run_ids:
+            try:
+                found.append(self._parse(experiment, run_id,
+                                         got[f"{run_dir(experiment, run_id)}/{RECORD}"]))
+            except RunNotFoundError:
+                continue
+            except WorkspaceError as exc:
+                warnings.warn(str(exc), stacklevel=3)
+        return found
+
+    def _parse(self, experiment: str, run_id: str, data: bytes | Exception) -> RunRecord:
+        try:
+            if isinstance(data, Exception):
+                raise data
+            return RunRecord.from_json(data)
         except FileNotFoundError:
             raise RunNotFoundError(
                 f"run {run_id!r} has no record in {self.ws}: list runs with `mltrain runs "
@@ -186,17 +264,21 @@ class RunStore:
 
     def descendants(self, experiment: str, run_id: str) -> list[RunRecord]:
         """Every run below ``run_id`` (children, theirs, ...), parents before their
-        children, from one read of the experiment's records."""
-        kids: dict[str, list[RunRecord]] = {}
-        for record in self.records(experiment):
-            if record.parent_run_id:
-                kids.setdefault(record.parent_run_id, []).append(record)
+        children, from one listing of the index."""
+        kids: dict[str, list[Entry]] = {}
+        for entry in self.entries(experiment, every=True):
+            if entry.parent_run_id:
+                kids.setdefault(entry.parent_run_id, []).append(entry)
         found, todo = [], list(kids.get(run_id, []))
         while todo:
             child = todo.pop(0)
-            found.append(child)
+            found.append(child.run_id)
             todo.extend(kids.get(child.run_id, []))
-        return found
+        return self.read_many(experiment, found)
+
+    def children(self, experiment: str, run_id: str) -> list[RunRecord]:
+        """The records of ``run_id``'s children, newest first."""
+        return self.read_many(experiment, [e.run_id for e in self.entries(experiment, run_id)])
 
     # -- finding runs -------------------------------------------------------------------------
 
@@ -209,15 +291,52 @@ class RunStore:
     def records(self, experiment: str) -> list[RunRecord]:
         """Every readable record of ``experiment``, newest first; a damaged one is left out
         with a warning that names it."""
-        found = []
-        for run_id in self.run_ids(experiment):
-            try:
-                found.append(self.read(experiment, run_id))
-            except RunNotFoundError:
-                continue  # a folder without a record yet (a run being created)
-            except WorkspaceError as exc:
-                warnings.warn(str(exc), stacklevel=2)
+        found = self.read_many(experiment, self.run_ids(experiment))
         return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def entries(self, experiment: str, parent_run_id: str | None = None,
+                every: bool = False) -> list[Entry]:
+        """The runs of ``experiment`` without a parent (or the children of
+        ``parent_run_id``; or, with ``every``, all of them), newest first, from its index;
+        in an experiment recorded before the index, from every record."""
+        marker = self.ws.read_json(f"{experiment_dir(experiment)}/experiment.json", None)
+        if (marker or {}).get("index") != INDEX_VERSION:
+            return [Entry.of(r) for r in self.records(experiment)
+                    if every or r.parent_run_id == parent_run_id]
+        if every:
+            found = [Entry.parse(rel.rsplit("/", 1)[-1], rel.split("/")[1]
+                                 if rel.startswith("children/") else None)
+                     for rel in self.ws.find(f"{experiment_dir(experiment)}/index")]
+        else:
+            found = [Entry.parse(name, parent_run_id)
+                     for name in self.ws.list_dir(index_dir(experiment, parent_run_id))]
+        return sorted((e for e in found if e), key=lambda e: e.name)
+
+    def reindex(self, experiment: str) -> tuple[int, int]:
+        """Make ``experiment``'s index name exactly its recorded runs again (after runs were
+        copied in by hand, or entries lost); returns (entries added, entries removed). An
+        entry without a record is kept while its run may still be being created."""
+        marker = f"{experiment_dir(experiment)}/experiment.json"
+        with self.ws.lock(marker):
+            counts = self._rebuild_index(experiment)
+            info = self.ws.read_json(marker, None) or {"name": experiment,
+                                                       "created_at": time.time()}
+            if info.get("index") != INDEX_VERSION:
+                self.ws.write_json(marker, {**info, "index": INDEX_VERSION})
+        return counts
+
+    def _rebuild_index(self, experiment: str) -> tuple[int, int]:
+        base = f"{experiment_dir(experiment)}/index"
+        have = {f"{base}/{rel}" for rel in self.ws.find(base)}
+        want = {Entry.of(r).path(experiment) for r in self.records(experiment)}
+        for path in want - have:
+            self.ws.write_bytes(path, b"")
+        old = time.time() - DANGLING_ENTRY_SECONDS
+        gone = [path for path in have - want
+                if (e := Entry.parse(path.rsplit("/", 1)[-1], None)) and e.created_at < old]
+        for path in gone:
+            self.ws.delete(path)
+        return len(want - have), len(gone)
 
     def experiment_of(self, run_id: str) -> str:
         for name in self.experiments():

@@ -191,6 +191,16 @@ class Workspace:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
+    def read_many(self, rels: list[str]) -> dict[str, bytes | Exception]:
+        """Whole files at once (concurrent on an object store), each to its bytes or to the
+        error that reading it raised."""
+        if not rels:
+            return {}
+        strip = self.fs._strip_protocol
+        paths = {strip(self.path(rel)): rel for rel in rels}
+        got = self.fs.cat(list(paths), on_error="return")
+        return {paths[strip(path)]: value for path, value in got.items()}
+
     def read_json(self, rel: str, default: Any = ...) -> Any:
         try:
             return json.loads(self.read_bytes(rel))

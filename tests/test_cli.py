@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import write_script
 
+from prefect_mltrain.errors import WorkspaceError
+
 BIN = Path(sys.executable).parent
 
 
@@ -190,5 +192,10 @@ def test_a_damaged_record_is_named_and_the_others_still_listed(cli, tmp_path):
         assert f"the record of run '{run_id}'" in err and "is damaged" in err
     code, out, err = cli("runs", "show", next(iter(bad)))
     assert code == 2 and "is damaged" in err and "Traceback" not in err
-    with pytest.warns(UserWarning, match="is damaged"):
-        assert sorted(r.id for r in Experiment(ws, "many").get_runs()) == sorted(good)
+    runs = Experiment(ws, "many").get_runs()  # found in the index: every run is named,
+    assert sorted(r.id for r in runs) == sorted(good + list(bad))  # and a damaged one says so
+    with pytest.raises(WorkspaceError, match="is damaged"):
+        [r for r in runs if r.id in bad][0].get_status()
+    with pytest.warns(UserWarning, match="is damaged"):  # a filter reads: it leaves them out
+        assert sorted(r.id for r in Experiment(ws, "many").get_runs(status="NotStarted")) \
+            == sorted(good)

@@ -191,3 +191,87 @@ def test_the_record_survives_a_reader_of_another_version(ws):
     data = json.loads(ws.read_bytes(path))
     ws.write_bytes(path, json.dumps({**data, "added_later": {"x": 1}}).encode())
     assert store.read("compat", record.run_id).run_id == record.run_id
+
+
+def _tree(store: RunStore, experiment: str) -> tuple[list[str], str, list[str]]:
+    """Three top-level runs (the middle one a parent of two children, one of which has a
+    child of its own), created in order; ids given with underscores, as users may."""
+    first = store.create(experiment, run_id="first_of_all").run_id
+    parent = store.create(experiment).run_id
+    kids = [store.create(experiment, parent_run_id=parent, tags={"side": s}).run_id
+            for s in ("left", "right")]
+    grandchild = store.create(experiment, parent_run_id=kids[0]).run_id
+    last = store.create(experiment, tags={"kind": "b"}, status=RunStatus.RUNNING).run_id
+    return [last, parent, first], parent, [kids[1], kids[0], grandchild]
+
+
+def test_runs_are_found_from_the_index_newest_first_without_reading_a_record(shared_ws,
+                                                                           monkeypatch):
+    from prefect_mltrain import Experiment
+
+    store = RunStore(shared_ws)
+    top, parent, (right, left, grandchild) = _tree(store, "found")
+    exp = Experiment(shared_ws, "found")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a record was read")
+
+    with monkeypatch.context() as m:  # finding runs reads the index only
+        m.setattr(RunStore, "read", no_reading)
+        m.setattr(RunStore, "read_many", no_reading)
+        assert [r.id for r in exp.get_runs()] == top
+        assert [r.id for r in Run(exp, parent).get_children()] == [right, left]
+        assert {r.id for r in exp.get_runs(include_children=True)} == {
+            *top, right, left, grandchild}
+    assert [r.id for r in Run(exp, parent).get_children(recursive=True)] == [
+        right, left, grandchild]
+    # v1's filters: a tag's name, or names and values; properties alike; the status
+    assert [r.id for r in exp.get_runs(tags="kind")] == [top[0]]
+    assert [r.id for r in exp.get_runs(tags={"kind": "b"}, status="Running")] == [top[0]]
+    assert exp.get_runs(tags={"kind": "a"}) == [] and exp.get_runs(status="Failed") == []
+    Run(exp, right)._write().event({"type": "tag", "key": "side", "value": "moved"})
+    assert [r.id for r in Run(exp, parent).get_children(tags={"side": "moved"})] == [right]
+    assert [r.id for r in Run(exp, parent).get_children(tags={"side": "left"})] == [left]
+
+
+def test_an_experiment_recorded_before_the_index_is_listed_and_indexed_by_its_next_run(ws):
+    """Records without an index (an older version wrote them) are still found, by reading
+    them; the next run created builds the index from them."""
+    from prefect_mltrain import Experiment
+
+    store = RunStore(ws)
+    top, parent, children = _tree(store, "older")
+    ws.delete("experiments/older/index", recursive=True)
+    marker = ws.read_json("experiments/older/experiment.json")
+    ws.write_json("experiments/older/experiment.json",
+                  {k: v for k, v in marker.items() if k != "index"})
+    exp = Experiment(ws, "older")
+    assert [r.id for r in exp.get_runs()] == top
+    assert [r.id for r in Run(exp, parent).get_children()] == children[:2]
+    newest = store.create("older").run_id
+    assert len(ws.find("experiments/older/index")) == 7
+    assert [r.id for r in exp.get_runs()] == [newest, *top]
+
+
+def test_reindex_lists_runs_copied_in_by_hand_and_drops_entries_of_runs_long_gone(ws, capsys):
+    from prefect_mltrain import Experiment
+    from prefect_mltrain.cli import main
+    from prefect_mltrain.store import DANGLING_ENTRY_SECONDS, Entry
+
+    store = RunStore(ws)
+    top, _, _ = _tree(store, "copied")
+    source = RunStore(Workspace(ws.root + "-other"))
+    brought = source.create("copied", tags={"from": "backup"})
+    record = f"experiments/copied/runs/{brought.run_id}/run.json"
+    ws.write_bytes(record, source.ws.read_bytes(record))  # by hand: no index entry
+    exp = Experiment(ws, "copied")
+    assert brought.run_id not in [r.id for r in exp.get_runs()]
+    long_gone = Entry("long_gone", time.time() - DANGLING_ENTRY_SECONDS - 60, False)
+    being_made = Entry("being_made", time.time(), False)  # its record is on its way
+    for entry in (long_gone, being_made):
+        ws.write_bytes(entry.path("copied"), b"")
+    assert main(["runs", "reindex", "-e", "copied", "--workspace", ws.root, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"experiment": "copied", "added": 1, "removed": 1}]
+    assert [r.id for r in exp.get_runs()] == ["being_made", brought.run_id, *top]
+    assert not ws.exists(long_gone.path("copied")) and ws.exists(being_made.path("copied"))

@@ -120,8 +120,7 @@ class Sweep:
 
     def load(self) -> None:
         """The trials the workspace holds (none for a new sweep)."""
-        found = [r for r in self.store.records(self.exp) if r.parent_run_id == self.id
-                 and DRAW in r.properties]
+        found = [r for r in self.store.children(self.exp, self.id) if DRAW in r.properties]
         for record in sorted(found, key=lambda r: int(r.run_id.rsplit("_", 1)[1])):
             trial = TrialState(index=int(record.run_id.rsplit("_", 1)[1]), run_id=record.run_id,
                                parameters=trial_parameters(record),
@@ -160,8 +159,8 @@ class Sweep:
         out = []
         for sweep_id in self.spec.resume_from:
             exp = self.store.experiment_of(sweep_id)
-            for record in self.store.records(exp):
-                if record.parent_run_id != sweep_id or not record.finished:
+            for record in self.store.children(exp, sweep_id):
+                if not record.finished:
                     continue
                 values = primary_values(self.store.events(exp, record.run_id),
                                         self.spec.primary_metric_name)
