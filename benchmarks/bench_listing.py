@@ -37,13 +37,15 @@ CLI_TIMEOUT = 120.0
 EXPERIMENT = "scale"
 
 
-def _records(n: int, children: int) -> tuple[str, list[Any]]:
+def _records(n: int, children: int, project: Path) -> tuple[str, list[Any]]:
     """``n`` records one second apart, the 101st a parent of the next ``children``; every
     tenth tagged ``kind=b``; each with a submitted configuration, as real runs have."""
     from prefect_mltrain import ScriptRunConfig
     from prefect_mltrain.records import RunRecord, RunStatus
 
-    config = ScriptRunConfig(source_directory=".", script="train.py",
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "train.py").write_text("print('trained')\n")
+    config = ScriptRunConfig(source_directory=str(project), script="train.py",
                              arguments=["--lr", "0.01", "--epochs", "10"])
     t0, out, parent = 1.7e9, [], ""
     for i in range(n):
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reps = QUICK_REPS if args.quick else REPS
     root = scratch("listing")
     t = time.perf_counter()
-    parent, records = _records(N_RUNS, N_CHILDREN)
+    parent, records = _records(N_RUNS, N_CHILDREN, root / "proj")
     log(f"{N_RUNS} records made in {time.perf_counter() - t:.1f} s")
     out: dict[str, Any] = {"n_runs": N_RUNS, "n_children": N_CHILDREN, "page": PAGE,
                            "reps": reps}
