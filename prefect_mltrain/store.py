@@ -329,8 +329,7 @@ class RunStore:
         base = f"{experiment_dir(experiment)}/index"
         have = {f"{base}/{rel}" for rel in self.ws.find(base)}
         want = {Entry.of(r).path(experiment) for r in self.records(experiment)}
-        for path in want - have:
-            self.ws.write_bytes(path, b"")
+        self.ws.write_many(dict.fromkeys(want - have, b""))
         old = time.time() - DANGLING_ENTRY_SECONDS
         gone = [path for path in have - want
                 if (e := Entry.parse(path.rsplit("/", 1)[-1], None)) and e.created_at < old]

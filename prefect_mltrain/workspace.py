@@ -217,6 +217,14 @@ class Workspace:
         else:
             self.fs.pipe_file(target, data)
 
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Whole files at once (concurrent on an object store), each as ``write_bytes``."""
+        if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
+            for rel, data in files.items():
+                atomic_write(self.path(rel), data)
+        elif files:
+            self.fs.pipe({self.path(rel): data for rel, data in files.items()})
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 
