@@ -343,7 +343,7 @@ def runs_list(experiment: Annotated[str | None, Parameter(alias="-e")] = None,
     watcher = Watcher(store)  # a run whose runner died shows as ended, with the reason
     rows = []
     for name in [experiment] if experiment else store.experiments():
-        records = store.read_many(name, [e.run_id for e in store.entries(name)[:limit]])
+        records = store.read_many(name, [e.run_id for e in store.entries(name, limit=limit)])
         rows += [{"run_id": r.run_id, "experiment": name, "status": r.status.value,
                   "created_at": r.created_at}
                  for r in map(watcher.settle, records)]

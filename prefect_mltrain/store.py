@@ -295,14 +295,18 @@ class RunStore:
         return sorted(found, key=lambda r: r.created_at, reverse=True)
 
     def entries(self, experiment: str, parent_run_id: str | None = None,
-                every: bool = False) -> list[Entry]:
+                every: bool = False, limit: int | None = None) -> list[Entry]:
         """The runs of ``experiment`` without a parent (or the children of
-        ``parent_run_id``; or, with ``every``, all of them), newest first, from its index;
-        in an experiment recorded before the index, from every record."""
+        ``parent_run_id``; or, with ``every``, all of them), newest first, from its index
+        (``limit``: only the newest that many); in an experiment recorded before the
+        index, from every record."""
         marker = self.ws.read_json(f"{experiment_dir(experiment)}/experiment.json", None)
         if (marker or {}).get("index") != INDEX_VERSION:
             return [Entry.of(r) for r in self.records(experiment)
-                    if every or r.parent_run_id == parent_run_id]
+                    if every or r.parent_run_id == parent_run_id][:limit]
+        if limit is not None and not every:  # names sort newest first: the first names
+            names = self.ws.list_first(index_dir(experiment, parent_run_id), limit)
+            return [e for e in (Entry.parse(n, parent_run_id) for n in names) if e]
         if every:
             found = [Entry.parse(rel.rsplit("/", 1)[-1], rel.split("/")[1]
                                  if rel.startswith("children/") else None)

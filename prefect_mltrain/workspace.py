@@ -32,7 +32,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from .errors import WorkspaceError
-from .files import atomic_write
+from .files import atomic_write, is_partial
 
 DEFAULT_WORKSPACE_DIR = ".mltrain"
 CONFIG_FILE_NAME = "mltrain.json"
@@ -235,6 +235,16 @@ class Workspace:
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def list_first(self, rel: str, n: int) -> list[str]:
+        """The first ``n`` names (sorted) of files directly under ``rel``; on S3 through
+        obstore only the listing pages they need, where the options allow it."""
+        from .data.s3_bulk import first_names
+
+        first = first_names(self.url, self.storage_options)
+        if first is None:
+            return [name for name in self.list_dir(rel) if not is_partial(name)][:n]
+        return first(self.fs._strip_protocol(self.path(rel)), n)
 
     def find(self, rel: str) -> dict[str, int]:
         """Every file under ``rel``, as relative path -> size."""

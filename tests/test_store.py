@@ -220,6 +220,8 @@ def test_runs_are_found_from_the_index_newest_first_without_reading_a_record(sha
         m.setattr(RunStore, "read", no_reading)
         m.setattr(RunStore, "read_many", no_reading)
         assert [r.id for r in exp.get_runs()] == top
+        assert [e.run_id for e in store.entries("found", limit=2)] == top[:2]  # a first page
+        assert [e.run_id for e in store.entries("found", parent, limit=5)] == [right, left]
         assert [r.id for r in Run(exp, parent).get_children()] == [right, left]
         assert {r.id for r in exp.get_runs(include_children=True)} == {
             *top, right, left, grandchild}

@@ -81,6 +81,33 @@ def bulk_lister(url: str, options: dict[str, Any]) -> Lister | None:
     return find
 
 
+def first_names(url: str, options: dict[str, Any]) -> Callable[[str, int], list[str]] | None:
+    """``first(folder, n)``: the first ``n`` names in ``bucket/folder`` in S3's order (by
+    name), from only the listing pages they need; None when s3fs must list."""
+    store = _stores(url, options)
+    if store is None:
+        return None
+
+    def first(path: str, n: int) -> list[str]:
+        import obstore
+        from obstore.exceptions import BaseError
+
+        bucket, _, key = path.strip("/").partition("/")
+        prefix = f"{key}/" if key else ""
+        names: list[str] = []
+        try:
+            for page in obstore.list(store(bucket), prefix=prefix or None,
+                                     chunk_size=min(max(n, 1), 1000)):
+                names += [m["path"][len(prefix):] for m in page]
+                if len(names) >= n:
+                    break
+        except BaseError as exc:
+            raise OSError(_reason(str(exc))) from exc
+        return [name for name in names if "/" not in name][:n]
+
+    return first
+
+
 def _reason(text: str) -> str:
     """S3's own words for a refusal (``NoSuchBucket: The specified bucket does not exist``),
     else the client's first line."""
