@@ -67,16 +67,9 @@ def _records(n: int, children: int, project: Path) -> tuple[str, list[Any]]:
 def _write(ws: Any, records: list[Any]) -> None:
     from prefect_mltrain.layout import RECORD, run_dir
 
-    fs = ws.fs
-    blobs = {ws.path(f"{run_dir(EXPERIMENT, r.run_id)}/{RECORD}"): r.to_json() for r in records}
-    for start in range(0, len(blobs), 1000):
-        part = dict(list(blobs.items())[start:start + 1000])
-        if ws.protocol in ("file", "local"):
-            for path, data in part.items():
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                Path(path).write_bytes(data)
-        else:
-            fs.pipe(part)
+    for start in range(0, len(records), 1000):
+        ws.write_many({f"{run_dir(EXPERIMENT, r.run_id)}/{RECORD}": r.to_json()
+                       for r in records[start:start + 1000]})
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

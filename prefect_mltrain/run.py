@@ -535,7 +535,7 @@ class Run:
         and tables, the logged document for a confusion matrix and the like (Azure's
         ``populate=True``). ``recursive``: ``{run_id: metrics}`` of this run and every
         descendant, as in Azure."""
-        if recursive:  # the experiment's records read once, not once per child
+        if recursive:  # the experiment's index listed once, not once per child
             runs = [self, *(Run(self.experiment, r.run_id) for r in
                             self._store.descendants(self.experiment.name, self.id))]
             return {run.id: run.get_metrics(name) for run in runs}
@@ -604,13 +604,8 @@ class Run:
                      ) -> list[Run]:
         """This run's children, newest first (``recursive``: theirs too), with v1's filters
         (as ``Experiment.get_runs``); one listing of the index when none is given."""
-        from .store import Entry
-
         store, name = self._store, self.experiment.name
-        if recursive:
-            entries = [Entry.of(r) for r in store.descendants(name, self.id)]
-        else:
-            entries = store.entries(name, self.id)
+        entries = store.descendants(name, self.id) if recursive else store.entries(name, self.id)
         return _matching(self.experiment, entries, tags, properties, status)
 
     # -- control ------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class Entry:
     def parse(cls, name: str, parent_run_id: str | None) -> Entry | None:
         when, _, rest = name.partition("_")
         kind, _, run_id = rest.partition("_")
-        if not (when.isdigit() and kind in ("h", "r") and run_id) or is_partial(name):
+        if not (when.isdigit() and kind in ("h", "r") and run_id):  # a partial file: ".x.tmp"
             return None
         return cls(run_id, (_NEWEST - int(when)) / 1e6, kind == "h", parent_run_id)
 
@@ -243,7 +243,8 @@ class RunStore:
         Running; returns their ids. A child with a runner of its own (a sweep's trial) is
         left to it: its runner ends it, or the watcher when that runner dies."""
         status = RunStatus.CANCELED if canceled else RunStatus.FAILED
-        return [child.run_id for child in self.descendants(experiment, run_id)
+        below = self.read_many(experiment, [e.run_id for e in self.descendants(experiment, run_id)])
+        return [child.run_id for child in below
                 if not child.finished and child.config is None
                 and self.move(experiment, child.run_id, status,
                               error="parent run ended").status == status]
@@ -262,9 +263,9 @@ class RunStore:
         self.ws.delete(f"{run_dir(experiment, run_id)}/{HEARTBEAT}")  # the dead controller's
         return record
 
-    def descendants(self, experiment: str, run_id: str) -> list[RunRecord]:
+    def descendants(self, experiment: str, run_id: str) -> list[Entry]:
         """Every run below ``run_id`` (children, theirs, ...), parents before their
-        children, from one listing of the index."""
+        children, from one listing of the index (no record read)."""
         kids: dict[str, list[Entry]] = {}
         for entry in self.entries(experiment, every=True):
             if entry.parent_run_id:
@@ -272,9 +273,9 @@ class RunStore:
         found, todo = [], list(kids.get(run_id, []))
         while todo:
             child = todo.pop(0)
-            found.append(child.run_id)
+            found.append(child)
             todo.extend(kids.get(child.run_id, []))
-        return self.read_many(experiment, found)
+        return found
 
     def children(self, experiment: str, run_id: str) -> list[RunRecord]:
         """The records of ``run_id``'s children, newest first."""

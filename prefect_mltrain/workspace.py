@@ -221,7 +221,7 @@ class Workspace:
         """Whole files at once (concurrent on an object store), each as ``write_bytes``."""
         if self.protocol in _RENAME_ATOMIC_PROTOCOLS:
             for rel, data in files.items():
-                atomic_write(self.path(rel), data)
+                self.write_bytes(rel, data)
         elif files:
             self.fs.pipe({self.path(rel): data for rel, data in files.items()})
 

@@ -17,9 +17,10 @@ through either one is checked the same way through the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -59,20 +60,15 @@ def bulk_lister(url: str, options: dict[str, Any]) -> Lister | None:
 
     def find(path: str) -> dict[str, dict[str, Any]]:
         import obstore
-        from obstore.exceptions import BaseError
 
-        bucket, _, key = path.strip("/").partition("/")
-        try:
-            found = [m for page in obstore.list(store(bucket), prefix=f"{key}/" if key else None,
+        bucket, prefix = _folder(path)
+        with _in_s3_words():
+            found = [m for page in obstore.list(store(bucket), prefix=prefix or None,
                                                 chunk_size=1000)
                      for m in page if not m["path"].endswith("/")]
-            if not found and key:
-                try:
-                    found = [obstore.head(store(bucket), key)]
-                except FileNotFoundError:
-                    pass
-        except BaseError as exc:
-            raise OSError(_reason(str(exc))) from exc
+            if not found and prefix:
+                with contextlib.suppress(FileNotFoundError):
+                    found = [obstore.head(store(bucket), prefix[:-1])]
         return {f"{bucket}/{m['path']}": {"name": f"{bucket}/{m['path']}", "type": "file",
                                           "size": m["size"], "ETag": m["e_tag"],
                                           "LastModified": m["last_modified"]}
@@ -90,22 +86,35 @@ def first_names(url: str, options: dict[str, Any]) -> Callable[[str, int], list[
 
     def first(path: str, n: int) -> list[str]:
         import obstore
-        from obstore.exceptions import BaseError
 
-        bucket, _, key = path.strip("/").partition("/")
-        prefix = f"{key}/" if key else ""
+        bucket, prefix = _folder(path)
         names: list[str] = []
-        try:
+        with _in_s3_words():
             for page in obstore.list(store(bucket), prefix=prefix or None,
                                      chunk_size=min(max(n, 1), 1000)):
                 names += [m["path"][len(prefix):] for m in page]
                 if len(names) >= n:
                     break
-        except BaseError as exc:
-            raise OSError(_reason(str(exc))) from exc
         return [name for name in names if "/" not in name][:n]
 
     return first
+
+
+def _folder(path: str) -> tuple[str, str]:
+    """``bucket/key`` as the bucket and the key prefix of the folder ``key`` ("" at the top)."""
+    bucket, _, key = path.strip("/").partition("/")
+    return bucket, f"{key}/" if key else ""
+
+
+@contextlib.contextmanager
+def _in_s3_words() -> Iterator[None]:
+    """A refusal of the store as ``OSError``, in S3's words."""
+    from obstore.exceptions import BaseError
+
+    try:
+        yield
+    except BaseError as exc:
+        raise OSError(_reason(str(exc))) from exc
 
 
 def _reason(text: str) -> str:
