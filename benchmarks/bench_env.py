@@ -1,6 +1,8 @@
-"""c. ``build_environment()`` of an unpinned ``scikit-learn`` requirement, cold (fresh
-MLTRAIN_HOME) and as a cache hit, vs. ``python3 -m venv`` + ``pip install``, interleaved, with
-warm download caches (plus one cold-cache rep of each)."""
+"""c. ``build_environment()`` of an unpinned ``scikit-learn`` requirement — a new spec in a
+home used before, the same in a new MLTRAIN_HOME, ``mltrain env build`` as a fresh process,
+and as a cache hit — vs. plain uv (``uv venv`` + ``uv pip install -r``, the same index
+options) and ``python3 -m venv`` + ``pip install``, interleaved, with warm download caches
+(plus one cold-cache rep of ours, uv and pip)."""
 
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ from typing import Any
 
 from harness import (
     ENV_TIMEOUT,
+    VENV_BIN,
     WORK,
     check,
     clear_build_memos,
     environment_builder,
     fmt,
     fmt_ratio,
+    interleaved,
     log,
     log_rep,
-    pip_config_reader,
     ratio,
     restored_env,
     scratch,
@@ -44,7 +47,8 @@ ENV_PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl")
 VERSIONS_PY = ("import importlib.metadata as m, json; print(json.dumps("
                "{d.metadata['Name'].lower().replace('_', '-'): d.version "
                "for d in m.distributions()}))")
-SIDES = ("ours_cold", "pip")
+SIDES = ("ours", "uv", "pip")  # each installs its own environment: all compared
+GOAL_VS_UV = 1.15  # ours / plain uv, medians
 
 
 def real_python3() -> str:
@@ -84,57 +88,77 @@ def default_caches() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from prefect_mltrain import Environment
+    from prefect_mltrain.pip_settings import index_args
 
     reps, hit_calls = 2 if args.quick else 5, ENV_HIT_CALLS
     root = scratch("env")  # untimed; the warm-ups absorb the deletion's after-effects
     req = root / "requirements.txt"
     req.write_text(ENV_REQUIREMENT + "\n")
     build_environment = environment_builder(ENV_TIMEOUT)
-    pip_config = pip_config_reader()
-    python3 = real_python3()
+    python3, uv = real_python3(), uv_binary()
+    # The peer gets the index settings ours carries over from pip's (find-links, extra
+    # indexes, constraints): the same wheels on both sides.
+    uv_index = index_args()
+    used_home = root / "home-used"  # a home that has been used: pip's settings are known
     counter = itertools.count()
 
     def fresh(prefix: str) -> Path:
         return root / f"{prefix}-{next(counter):02d}"
 
-    def ours(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-        home = fresh("home")
+    def empty_env_cache(home: Path) -> None:
+        """Untimed: no environment (and no lock) cached in ``home`` any more."""
+        shutil.rmtree(home / "cache" / "envs", ignore_errors=True)
+        os.sync()  # no dirty pages from the step before
+
+    def ours(new_home: bool = False, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        home = fresh("home") if new_home else used_home
+        empty_env_cache(home)
         os.environ["MLTRAIN_HOME"] = str(home)  # read by the library at each call
         os.environ.update(extra_env or {})
-        # A run's runner calls this once per process: it pays `pip config list` and the
-        # other per-process look-ups each time, so clear the library's memoized ones.
-        clear_build_memos()
-        marks: dict[str, float] = {}
-
-        def on_line(line: str) -> None:
-            if ": building " in line:  # said once the lock is resolved, before the venv
-                marks.setdefault("resolved", time.perf_counter())
-
+        clear_build_memos()  # as a run's runner process, which reads them once, would
         try:
-            os.sync()  # no dirty pages from the step before
             p0 = time.perf_counter()
-            built = build_environment(Environment.from_pip_requirements("sk", req),
-                                      on_line=on_line)
+            built = build_environment(Environment.from_pip_requirements("sk", req))
             wall = time.perf_counter() - p0
         finally:
             for key in extra_env or {}:
                 os.environ.pop(key, None)
-        resolve = marks["resolved"] - p0 if "resolved" in marks else None
         return {"wall": wall, "ok": not built.cached, "cached": built.cached,
-                "build_seconds": built.build_seconds, "resolve": resolve,
-                "venv_install": wall - resolve if resolve is not None else None,
-                "home": str(home), "interpreter": built.interpreter,
-                "lock": built.lock, "miss_reason": built.miss_reason}
+                "home": str(home), "interpreter": built.interpreter, "lock": built.lock,
+                "miss_reason": built.miss_reason}
 
-    def hits(home: str) -> dict[str, Any]:
-        os.environ["MLTRAIN_HOME"] = home
-        walls, cached = [], []
-        for _ in range(hit_calls):
-            p0 = time.perf_counter()
-            built = build_environment(Environment.from_pip_requirements("sk", req))
-            walls.append(time.perf_counter() - p0)
-            cached.append(built.cached)
-        return {"walls": walls, "cached": cached, "ok": all(cached)}
+    def ours_cli() -> dict[str, Any]:
+        home = root / "home-cli"
+        empty_env_cache(home)
+        p0 = time.perf_counter()
+        out = subprocess.run([str(VENV_BIN / "mltrain"), "env", "build", str(req), "--json",
+                              "--workspace", str(root / "ws")],
+                             env={**os.environ, "MLTRAIN_HOME": str(home)}, cwd=root,
+                             capture_output=True, text=True, timeout=ENV_TIMEOUT)
+        wall = time.perf_counter() - p0
+        if out.returncode != 0:
+            return {"wall": wall, "ok": False,
+                    "error": f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"}
+        info = json.loads(out.stdout)
+        return {"wall": wall, "ok": not info["cached"], "cached": info["cached"],
+                "interpreter": info["interpreter"]}
+
+    def plain_uv(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        venv = fresh("uv-venv")
+        env = {**os.environ, **(extra_env or {})}
+        os.sync()
+        p0 = time.perf_counter()
+        out = subprocess.run([uv, "venv", str(venv), "--quiet"], env=env, capture_output=True,
+                             text=True, timeout=ENV_TIMEOUT)
+        if out.returncode == 0:
+            out = subprocess.run([uv, "pip", "install", "--quiet", "--python",
+                                  str(venv / "bin" / "python"), "-r", str(req), *uv_index],
+                                 env=env, capture_output=True, text=True, timeout=ENV_TIMEOUT)
+        rec = {"wall": time.perf_counter() - p0, "ok": out.returncode == 0,
+               "interpreter": str(venv / "bin" / "python")}
+        if not rec["ok"]:
+            rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
+        return rec
 
     def peer(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         venv = fresh("pip-venv")
@@ -155,49 +179,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rec["error"] = f"exit {out.returncode}\n{tail(out.stdout)}\n{tail(out.stderr)}"
         return rec
 
-    variants: dict[str, Callable[..., dict[str, Any]]] = {"ours_cold": ours, "pip": peer}
+    def hits(home: str) -> dict[str, Any]:
+        os.environ["MLTRAIN_HOME"] = home
+        walls, cached = [], []
+        for _ in range(hit_calls):
+            p0 = time.perf_counter()
+            built = build_environment(Environment.from_pip_requirements("sk", req))
+            walls.append(time.perf_counter() - p0)
+            cached.append(built.cached)
+        return {"walls": walls, "cached": cached, "ok": all(cached)}
 
-    def attempt(name: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-        return try_rep(lambda: variants[name](extra_env))
+    def pip_config_list() -> float:
+        """What a first use on a machine asks pip once (diagnostic, untimed above)."""
+        p0 = time.perf_counter()
+        subprocess.run([str(VENV_BIN / "python"), "-m", "pip", "config", "list"],
+                       capture_output=True, timeout=60, check=True)
+        return time.perf_counter() - p0
 
-    with default_caches():
-        warmup = {}
-        for name in variants:  # fills ~/.cache/uv and ~/.cache/pip with the wheels
-            warmup[name] = attempt(name)
-            log_rep(f"warm-up {name} (untimed)", warmup[name])
+    variants: dict[str, Callable[[], dict[str, Any]]] = {
+        "ours": ours, "uv": plain_uv, "ours_new_home": lambda: ours(new_home=True),
+        "ours_cli": ours_cli, "pip": peer}
+    with default_caches():  # the warm-ups fill ~/.cache/uv and ~/.cache/pip with the wheels
+        warmup, raw = interleaved(variants, reps)
         pip_cache = Path.home() / ".cache" / "pip"  # pip's default; PIP_CACHE_DIR is unset
         pip_cache_files = sum(1 for f in pip_cache.rglob("*") if f.is_file())
-        log(f"{pip_cache}: {pip_cache_files} files after the warm-up")
-        raw: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-        hit: dict[str, Any] = {}
-        pip_config_walls: list[float] = []
-        for i in range(reps):
-            for name in SIDES if i % 2 == 0 else SIDES[::-1]:
-                rec = attempt(name)
-                raw[name].append(rec)
-                log_rep(f"rep {i + 1}/{reps} {name}", rec)
-                if name == "ours_cold":  # diagnostic, untimed: the resolve's `pip config list`
-                    pip_config.cache_clear()  # right after the build, so in like state
-                    p0 = time.perf_counter()
-                    pip_config()
-                    pip_config_walls.append(time.perf_counter() - p0)
-                if name == "ours_cold" and rec["ok"] and not hit:
-                    hit = hits(rec["home"])  # the same call again, same MLTRAIN_HOME
-                    log(f"cache hit: median {statistics.median(hit['walls']) * 1000:.1f} ms "
-                        f"of {hit_calls} calls, all cached={hit['ok']}")
+        good = [r for r in raw["ours"] if r["ok"]]
+        hit = hits(good[-1]["home"]) if good else {}  # the same call again, same home
+        if hit:
+            log(f"cache hit: median {statistics.median(hit['walls']) * 1000:.1f} ms "
+                f"of {hit_calls} calls, all cached={hit['ok']}")
+        pip_config_walls = [pip_config_list() for _ in range(reps)]
         cold: dict[str, dict[str, Any]] = {}
         if not args.no_cold_cache:  # one labelled rep each with empty download caches
-            cold["ours_cold"] = attempt("ours_cold", {"UV_CACHE_DIR": str(fresh("uv-cache"))})
-            log_rep("cold download cache: ours (empty UV_CACHE_DIR)", cold["ours_cold"])
-            cold["pip"] = attempt("pip", {"PIP_CACHE_DIR": str(fresh("pip-cache"))})
-            log_rep("cold download cache: pip (empty PIP_CACHE_DIR)", cold["pip"])
+            for name, variant, key in (("ours", ours, "UV_CACHE_DIR"),
+                                       ("uv", plain_uv, "UV_CACHE_DIR"),
+                                       ("pip", peer, "PIP_CACHE_DIR")):
+                cold[name] = try_rep(lambda v=variant, k=key: v(
+                    extra_env={k: str(fresh("download-cache"))}))
+                log_rep(f"cold download cache: {name} (empty {key})", cold[name])
         first = first_imports(raw)
         versions = installed(raw)
     shutil.rmtree(root, ignore_errors=True)  # nothing is timed after this
     summary = summarize_env(raw, hit, cold, pip_config_walls, first)
     return {"requirement": ENV_REQUIREMENT, "reps": reps, "hit_calls": hit_calls,
-            "peer_python": python3, "uv": uv_binary(), "warmup": warmup, "raw": raw,
-            "hits": hit, "cold_cache": cold, "installed": versions,
+            "peer_python": python3, "uv": uv, "uv_index_args": uv_index, "warmup": warmup,
+            "raw": raw, "hits": hit, "cold_cache": cold, "installed": versions,
             "pip_cache_files_after_warmup": pip_cache_files, "summary": summary}
 
 
@@ -236,62 +262,61 @@ def installed(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def summarize_env(raw: dict[str, list[dict[str, Any]]], hit: dict[str, Any],
                   cold: dict[str, dict[str, Any]], pip_config_walls: list[float],
                   first: dict[str, list[float]]) -> dict[str, Any]:
-    def field_(name: str, key: str) -> dict[str, Any]:
+    def field_(name: str, key: str = "wall") -> dict[str, Any]:
         return summarize([r[key] for r in raw[name] if r["ok"] and r.get(key) is not None])
 
     summary: dict[str, Any] = {
-        "ours_cold": {"wall": field_("ours_cold", "wall"),
-                      "resolve": field_("ours_cold", "resolve"),
-                      "venv_install": field_("ours_cold", "venv_install"),
-                      "failures": sum(not r["ok"] for r in raw["ours_cold"])},
+        **{name: {"wall": field_(name), "failures": sum(not r["ok"] for r in raw[name])}
+           for name in raw},
         "ours_hit": {"wall": summarize(hit.get("walls", [])),
                      "failures": sum(not c for c in hit.get("cached", []))},
-        "pip": {"wall": field_("pip", "wall"), "venv": field_("pip", "venv"),
-                "pip_install": field_("pip", "pip_install"),
-                "failures": sum(not r["ok"] for r in raw["pip"])},
         "cold_cache": {name: {"wall": r.get("wall"), "ok": r["ok"]}
                        for name, r in cold.items()},
         "pip_config": summarize(pip_config_walls),
         "first_import": {name: summarize(v) for name, v in first.items()},
     }
-    peer_median = summary["pip"]["wall"]["median"]
+    summary["pip"].update(venv=field_("pip", "venv"), pip_install=field_("pip", "pip_install"))
+    median = {name: summary[name]["wall"]["median"] for name in (*raw, "ours_hit")}
     summary["ratios"] = {
-        "ours_cold_vs_pip": ratio(summary["ours_cold"]["wall"]["median"], peer_median),
-        "ours_hit_vs_pip": ratio(summary["ours_hit"]["wall"]["median"], peer_median),
-        "ours_min_vs_pip_min": ratio(summary["ours_cold"]["wall"]["min"],
-                                     summary["pip"]["wall"]["min"]),
+        **{f"{name}_vs_uv": ratio(median[name], median["uv"])
+           for name in ("ours", "ours_new_home", "ours_cli", "pip")},
+        **{f"{name}_vs_pip": ratio(median[name], median["pip"])
+           for name in ("ours", "ours_hit", "uv")},
     }
-    if cold.get("ours_cold", {}).get("ok") and cold.get("pip", {}).get("ok"):
-        summary["ratios"]["cold_cache_ours_vs_pip"] = ratio(cold["ours_cold"]["wall"],
-                                                            cold["pip"]["wall"])
+    walls = {name: rec["wall"] for name, rec in cold.items() if rec["ok"]}
+    if "ours" in walls and "uv" in walls:
+        summary["ratios"]["cold_cache_ours_vs_uv"] = ratio(walls["ours"], walls["uv"])
+    if "ours" in walls and "pip" in walls:
+        summary["ratios"]["cold_cache_ours_vs_pip"] = ratio(walls["ours"], walls["pip"])
     return summary
 
 
 def checks(envb: dict[str, Any]) -> list[dict[str, Any]]:
     s, raw, inst = envb["summary"], envb["raw"], envb["installed"]
-    out = [
-        check("env ours cold: every rep built (cached False)",
-              s["ours_cold"]["failures"] == 0 and bool(raw["ours_cold"]),
-              str([r.get("cached", r.get("error", "?")[-200:]) for r in raw["ours_cold"]])),
+    out = [check(f"env {name}: every rep built (cached False)",
+                 s[name]["failures"] == 0 and bool(raw[name]),
+                 str([r.get("cached", r.get("error", "?")[-200:]) for r in raw[name]]))
+           for name in ("ours", "ours_new_home", "ours_cli")]
+    out += [
         check(f"env ours cache hit: all {envb['hit_calls']} calls cached",
               len(envb["hits"].get("cached", [])) == envb["hit_calls"]
               and s["ours_hit"]["failures"] == 0, str(envb["hits"].get("cached"))),
-        check("env pip: every rep succeeded", s["pip"]["failures"] == 0 and bool(raw["pip"]),
-              f"{s['pip']['failures']} failed of {len(raw['pip'])}"),
+        *(check(f"env {name}: every rep succeeded", s[name]["failures"] == 0 and bool(raw[name]),
+                f"{s[name]['failures']} failed of {len(raw[name])}") for name in ("uv", "pip")),
     ]
     ok = all(isinstance(inst.get(n), dict) and "error" not in inst[n] for n in SIDES)
     first_ok = all(r.get("first_import") is not None for n in SIDES for r in raw[n] if r["ok"])
-    out.append(check("env: `import sklearn` works in both environments", ok and first_ok,
+    out.append(check("env: `import sklearn` works in every environment", ok and first_ok,
                      str(inst)[:300]))
     if ok:
         tools = {"pip", "setuptools", "wheel"}  # what `python3 -m venv` seeds
-        ours_set = {(k, v) for k, v in inst["ours_cold"].items() if k not in tools}
-        pip_set = {(k, v) for k, v in inst["pip"].items() if k not in tools}
-        out.append(check("env: both sides installed the same distributions and versions",
-                         ours_set == pip_set
-                         and ("scikit-learn", inst["pip"].get("scikit-learn")) in ours_set,
-                         f"only ours: {sorted(ours_set - pip_set)}, "
-                         f"only pip: {sorted(pip_set - ours_set)}"))
+        sets = {n: {(k, v) for k, v in inst[n].items() if k not in tools} for n in SIDES}
+        out.append(check("env: ours, uv and pip installed the same distributions and versions",
+                         sets["ours"] == sets["uv"] == sets["pip"]
+                         and ("scikit-learn", inst["pip"].get("scikit-learn")) in sets["ours"],
+                         f"only ours vs pip: {sorted(sets['ours'] - sets['pip'])}, only pip: "
+                         f"{sorted(sets['pip'] - sets['ours'])}, only uv: "
+                         f"{sorted(sets['uv'] - sets['ours'])}"))
     for name, rec in envb["cold_cache"].items():
         out.append(check(f"env cold download cache {name}: succeeded", rec["ok"],
                          rec.get("error", "")[-300:] or "ok"))
@@ -299,57 +324,68 @@ def checks(envb: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render(envb: dict[str, Any]) -> list[str]:
-    s, cold = envb["summary"], envb["cold_cache"]
-    r = s["ratios"]
-    n_ours, n_pip = s["ours_cold"]["wall"]["n"], s["pip"]["wall"]["n"]
-    lines = [f"### c. Environment build: unpinned `{envb['requirement']}` "
-             f"({envb['reps']} interleaved reps each, warm download caches, seconds)", "",
-             "| measurement | reps | median | min | max | ours / pip (medians) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    s, cold, r = envb["summary"], envb["cold_cache"], envb["summary"]["ratios"]
+    req = envb["requirement"]
+    lines = [f"### c. Environment build: unpinned `{req}` ({envb['reps']} interleaved reps "
+             "each, warm download caches, seconds)", "",
+             "| measurement | reps | median | min | max | / plain uv | / venv + pip |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
 
-    def add(label: str, st: dict[str, Any], rt: str = "", digits: int = 2,
-            scale: float = 1.0) -> None:
+    def add(label: str, st: dict[str, Any], vs_uv: str = "", vs_pip: str = "",
+            digits: int = 2, scale: float = 1.0) -> None:
         vals = [None if st[k] is None else st[k] * scale for k in ("median", "min", "max")]
         lines.append(f"| {label} | {st['n']} | " + " | ".join(fmt(v, digits) for v in vals)
-                     + f" | {rt} |")
+                     + f" | {vs_uv} | {vs_pip} |")
 
-    add("**ours, cold**: `build_environment()`, fresh `MLTRAIN_HOME` (resolve + build)",
-        s["ours_cold"]["wall"], f"**{fmt_ratio(r['ours_cold_vs_pip'])}**")
-    add("↳ of which resolve (`pip config list` + `uv pip compile`)", s["ours_cold"]["resolve"])
-    add("↳ of which `uv venv` + `uv pip install` of the lock", s["ours_cold"]["venv_install"])
-    add("(diagnostic: the resolve's `pip config list` alone, timed after each build)",
-        s["pip_config"])
-    add("**ours, cache hit**: the same call again, same `MLTRAIN_HOME` (**ms**)",
-        s["ours_hit"]["wall"], fmt_ratio(r["ours_hit_vs_pip"]), 1, 1000.0)
-    add(f"peer: `python3 -m venv DIR` + `DIR/bin/pip install {envb['requirement']}`",
-        s["pip"]["wall"], "1.00×")
+    goal = r["ours_vs_uv"] is not None and r["ours_vs_uv"] <= GOAL_VS_UV
+    add("**ours**: `build_environment()` of a new spec (resolve + build), in a home used "
+        "before (no environment or lock cached)", s["ours"]["wall"],
+        f"**{fmt_ratio(r['ours_vs_uv'])}** (goal ≤ {GOAL_VS_UV}×: "
+        f"{'met' if goal else 'not met'})", fmt_ratio(r["ours_vs_pip"]))
+    add("ours, the same in a new `MLTRAIN_HOME` (first use on a machine: asks pip for its "
+        "settings)", s["ours_new_home"]["wall"], fmt_ratio(r["ours_new_home_vs_uv"]))
+    add("ours, `mltrain env build requirements.txt --json`, a fresh process, home used before",
+        s["ours_cli"]["wall"], fmt_ratio(r["ours_cli_vs_uv"]))
+    add("**ours, cache hit**: the same call again (**ms**)", s["ours_hit"]["wall"],
+        "", fmt_ratio(r["ours_hit_vs_pip"]), 1, 1000.0)
+    add("peer: `uv venv DIR` + `uv pip install --python DIR/bin/python -r requirements.txt` "
+        "(with the same index options)", s["uv"]["wall"], "1.00×", fmt_ratio(r["uv_vs_pip"]))
+    add(f"peer: `python3 -m venv DIR` + `DIR/bin/pip install {req}`", s["pip"]["wall"],
+        fmt_ratio(r["pip_vs_uv"]), "1.00×")
     add("↳ of which `python3 -m venv`", s["pip"]["venv"])
     add("↳ of which `pip install`", s["pip"]["pip_install"])
+    add("(diagnostic: `python -m pip config list`, what a first use asks pip once)",
+        s["pip_config"])
     if cold:
         lines += ["", "Cold download caches (1 rep each, empty `UV_CACHE_DIR` / "
                   "`PIP_CACHE_DIR`; indicative only):", "",
-                  "| measurement | seconds | ours / pip |", "|---|---:|---:|"]
-        for name, label in (("ours_cold", "ours, cold, empty uv cache"),
+                  "| measurement | seconds | / plain uv | / venv + pip |", "|---|---:|---:|---:|"]
+        for name, label in (("ours", "ours, empty uv cache"),
+                            ("uv", "peer: plain uv, empty uv cache"),
                             ("pip", "peer: venv + pip install, empty pip cache")):
             rec = cold.get(name, {})
-            rt = fmt_ratio(r.get("cold_cache_ours_vs_pip")) if name == "ours_cold" else "1.00×"
+            vs = ((fmt_ratio(r.get("cold_cache_ours_vs_uv")), fmt_ratio(r.get(
+                "cold_cache_ours_vs_pip"))) if name == "ours" else
+                  ("1.00×", "") if name == "uv" else ("", "1.00×"))
             lines.append(f"| {label} | {fmt(rec.get('wall')) if rec.get('ok') else 'failed'}"
-                         f" | {rt} |")
+                         f" | {vs[0]} | {vs[1]} |")
     fi = s.get("first_import")
     if fi:
         lines += ["", "After the build (not timed above): the first `import sklearn, numpy, "
                   "scipy` in each new environment (uv does not byte-compile, pip does):", "",
                   "| environment | n | median | min | max |", "|---|---:|---:|---:|---:|"]
-        for name, label in (("ours_cold", "ours (uv)"), ("pip", "peer (pip)")):
+        for name, label in (("ours", "ours (uv)"), ("uv", "plain uv"), ("pip", "peer (pip)")):
             st = fi[name]
             lines.append(f"| {label} | {st['n']} | {fmt(st['median'])} | {fmt(st['min'])} | "
                          f"{fmt(st['max'])} |")
     inst = envb["installed"]
     if all(isinstance(inst.get(n), dict) for n in SIDES):
-        lines += ["", "Installed (both sides): " + ", ".join(
-            f"{p} {inst['ours_cold'].get(p)}"
-            + ("" if inst["ours_cold"].get(p) == inst["pip"].get(p)
-               else f" (pip: {inst['pip'].get(p)})") for p in ENV_PACKAGES)
-            + f"; {n_ours} + {n_pip} good reps. Files in pip's download cache after "
-            f"the warm-up: {envb['pip_cache_files_after_warmup']}."]
+        lines += ["", "Installed (every side): " + ", ".join(
+            f"{p} {inst['ours'].get(p)}"
+            + ("" if inst["ours"].get(p) == inst["pip"].get(p) == inst["uv"].get(p)
+               else f" (pip: {inst['pip'].get(p)}, uv: {inst['uv'].get(p)})")
+            for p in ENV_PACKAGES)
+            + f". Files in pip's download cache after the warm-up: "
+            f"{envb['pip_cache_files_after_warmup']}. Index options of both uv sides: "
+            f"`{' '.join(envb.get('uv_index_args') or []) or 'none'}`."]
     return [*lines, ""]

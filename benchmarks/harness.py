@@ -41,7 +41,7 @@ SERVER_HOME = WORK / "mltrain-home"  # MLTRAIN_HOME: caches + the embedded Prefe
 RUNNER_MODULE = "prefect_mltrain.flows"  # what a runner process (and a worker's engine) imports
 CLI_MODULES = "prefect_mltrain.cli, prefect_mltrain.run"  # the CLI's, before a submit
 # In a fresh process (diagnostic): the `pip config list` a forked runner pays per image tag.
-PIP_CONFIG_IMPORT = "from prefect_mltrain.environment_build import _pip_config"
+PIP_CONFIG_IMPORT = "from prefect_mltrain.pip_settings import pip_config as _pip_config"
 SNAPSHOT_STAT_CACHE = SERVER_HOME / "cache" / "snapshot-stat"  # the machine-local stat cache
 
 
@@ -116,19 +116,12 @@ def environment_builder(step_timeout: float) -> Callable[..., Any]:
 def clear_build_memos() -> None:
     """Forget what the environment builder memoizes per process (``pip config list`` and
     other look-ups), as a run's fresh runner process would not have them."""
-    from prefect_mltrain import environment_build as eb
+    from prefect_mltrain import environment_build, pip_settings
 
-    for obj in vars(eb).values():
-        if callable(getattr(obj, "cache_clear", None)):
-            obj.cache_clear()
-
-
-def pip_config_reader() -> Any:
-    """The builder's memoized reader of the host's pip configuration (``pip config list``);
-    it has ``cache_clear()``."""
-    from prefect_mltrain.environment_build import _pip_config
-
-    return _pip_config
+    for module in (environment_build, pip_settings):
+        for obj in vars(module).values():
+            if callable(getattr(obj, "cache_clear", None)):
+                obj.cache_clear()
 
 
 def uv_binary() -> str | None:
@@ -218,9 +211,12 @@ def tail(text: str | bytes | None, n: int = 2000) -> str:
 
 def base_env() -> dict[str, str]:
     """This process's environment without any Prefect / MLflow / mltrain settings of the user,
-    so the benchmark uses its own embedded server, workspace and tracking store."""
+    so the benchmark uses its own embedded server, workspace and tracking store; and without
+    ``PYTHONDONTWRITEBYTECODE``, which would make every fresh process of both tools compile
+    its imports again (a user's Python writes its bytecode cache)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "MLTRAIN_"))}
+           if not k.startswith(("PREFECT_", "MLFLOW_", "MLTRAIN_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}  # a user's Python keeps its bytecode cache
     env["MLTRAIN_HOME"] = str(SERVER_HOME)
     env["PREFECT_HOME"] = str(WORK / "prefect-home")  # ignore ~/.prefect profiles
     return env

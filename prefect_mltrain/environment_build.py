@@ -8,9 +8,13 @@
    ``uv venv`` + ``uv pip install`` under a file lock, so concurrent runs needing the same
    environment build it once. A finished build carries a marker; a cache hit is one stat.
 
-uv ignores pip's configuration, so the host's (``pip config list``: index URLs,
-find-links, constraints, CA bundle) is carried over — users behind private indexes and
-proxies need exactly that. Without uv, ``venv`` + ``pip`` do the same more slowly.
+The first build of a spec resolves *while* it installs (one ``uv pip install`` of the
+requirements into a relocatable virtualenv, then ``uv pip freeze`` is the lock), so it costs
+what a plain ``uv venv`` + ``uv pip install`` costs; the finished folder is then renamed to
+its ``build_key``.
+
+uv ignores pip's configuration, so the host's is carried over (``pip_settings``). Without
+uv, ``venv`` + ``pip`` do the same more slowly.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .compute.process import GuardedProcess
 from .errors import EnvironmentBuildError, RunCanceledError
 from .files import atomic_write
 from .home import cache_dir
+from .pip_settings import index_args, index_env
 
 COMPLETE_MARKER = ".mltrain-complete"
 RESOLVE_TIMEOUT_SECONDS = 600
@@ -117,7 +122,7 @@ class Steps:
             self.on_line(line)
 
     def run(self, argv: list[str], *, timeout: float, what: str) -> None:
-        env = {**os.environ, **_index_env(), "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
+        env = {**os.environ, **index_env(), "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
         proc = GuardedProcess(argv, cwd=os.getcwd(), env=env)
         deadline, tail = time.monotonic() + timeout, []
         try:
@@ -155,14 +160,15 @@ def build_environment(spec: BuildSpec | None, on_line: Callable[[str], None] | N
     say, log = steps.say, steps.log
     started = time.monotonic()
     base_python = _base_python(spec.python)
+    base = f"venv {_python_identity(base_python)} "
+    if lock is None and not conda and spec.pip and _uv_binary() and not _frozen(spec).exists():
+        return _build_unresolved(spec, base_python, base, steps, started)
     lock = resolve_lock(spec, steps) if lock is None else lock
-    conda_spec = " ".join([*spec.channels, *spec.conda]) if conda else ""
-    key = build_key(lock, f"venv {_python_identity(base_python)} {conda_spec}")
+    key = build_key(lock, base + (" ".join([*spec.channels, *spec.conda]) if conda else ""))
     venv = cache_dir("envs") / key[:24]
-    python = venv / "bin" / "python"
 
     def result(cached: bool, reason: str | None = None) -> BuiltEnvironment:
-        return BuiltEnvironment(str(python), spec.hash, key, lock, cached,
+        return BuiltEnvironment(str(venv / "bin" / "python"), spec.hash, key, lock, cached,
                                 time.monotonic() - started, reason, log)
 
     if (venv / COMPLETE_MARKER).exists():
@@ -182,11 +188,74 @@ def build_environment(spec: BuildSpec | None, on_line: Callable[[str], None] | N
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
-        (venv / "mltrain-lock.txt").write_text(lock)
-        (venv / COMPLETE_MARKER).write_text(spec.hash)
+        _finish(venv, lock, spec)
     built = result(False, reason)
     say(f"environment {spec.name}: built in {built.build_seconds:.1f} s")
     return built
+
+
+def _build_unresolved(spec: BuildSpec, base_python: str, base: str, steps: Steps,
+                      started: float) -> BuiltEnvironment:
+    """The first build of a spec: install its requirements as given (uv resolves them as it
+    installs), freeze what was installed as the lock, and move the folder to its build key.
+    Under the spec's lock, so concurrent runs of a new spec resolve it once."""
+    with FileLock(f"{_frozen(spec)}.lock"):
+        if _frozen(spec).exists():  # resolved meanwhile by another run
+            return build_environment(spec, steps.on_line, stop=steps.stop)
+        steps.say(f"environment {spec.name}: resolving {len(spec.pip)} requirement(s) "
+                  "and building (not resolved on this machine yet)")
+        new = cache_dir("envs") / f".new-{spec.hash[:24]}"  # a crashed build's is replaced
+        shutil.rmtree(new, ignore_errors=True)
+        try:
+            _install(new, base_python, "", [], steps)
+            requirements = new / "mltrain-requirements.in"
+            requirements.write_text("\n".join([*spec.pip_options, *spec.pip]) + "\n")
+            steps.run([*_uv("pip", "install", "--python", str(new / "bin" / "python")),
+                       *index_args(), "-r", str(requirements),
+                       *pip_options_args(list(spec.pip_options))],
+                      timeout=INSTALL_TIMEOUT_SECONDS, what=f"installing {list(spec.pip)}")
+            lock = _freeze(new)
+            key = build_key(lock, base)
+            venv = cache_dir("envs") / key[:24]
+            with FileLock(f"{venv}.lock"):
+                cached = (venv / COMPLETE_MARKER).exists()  # another spec, the same lock
+                reason = None if cached else _miss_reason(lock)
+                if not cached:
+                    shutil.rmtree(venv, ignore_errors=True)
+                    new.rename(venv)
+                    _finish(venv, lock, spec)
+            atomic_write(_frozen(spec), lock)
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+    built = BuiltEnvironment(str(venv / "bin" / "python"), spec.hash, key, lock, cached,
+                             time.monotonic() - started, reason, steps.log)
+    steps.say(f"environment {spec.name}: " + (f"same lock as {key[:12]}, built before" if cached
+                                              else f"built {key[:12]} in "
+                                                   f"{built.build_seconds:.1f} s ({reason})"))
+    return built
+
+
+def _freeze(venv: Path) -> str:
+    """What is installed in ``venv``, pinned: the lock of a build that resolved as it went."""
+    try:
+        out = subprocess.run(_uv("pip", "freeze", "--python", str(venv / "bin" / "python")),
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentBuildError(f"listing what was installed in {venv} failed: {exc}") from exc
+    if out.returncode != 0:
+        raise EnvironmentBuildError(f"listing what was installed in {venv} failed:\n"
+                                    f"{out.stderr.strip()[-2000:]}")
+    return out.stdout
+
+
+def _finish(venv: Path, lock: str, spec: BuildSpec) -> None:
+    (venv / "mltrain-lock.txt").write_text(lock)
+    (venv / COMPLETE_MARKER).write_text(spec.hash)
+
+
+def _frozen(spec: BuildSpec) -> Path:
+    """Where the lock of ``spec`` is kept once resolved."""
+    return cache_dir("envs", "locks") / f"{spec.hash}.txt"
 
 
 def resolve_interpreter(spec: BuildSpec | None) -> str:
@@ -278,7 +347,7 @@ def _python_identity(python: str) -> str:
 def resolve_lock(spec: BuildSpec, steps: Steps | None = None) -> str:
     """The pinned requirement set of ``spec``: frozen once per spec hash, then reused."""
     steps = steps or Steps()
-    frozen = cache_dir("envs", "locks") / f"{spec.hash}.txt"
+    frozen = _frozen(spec)
     if frozen.exists():
         return frozen.read_text()
     lock = ""
@@ -289,7 +358,7 @@ def resolve_lock(spec: BuildSpec, steps: Steps | None = None) -> str:
             requirements.write_text("\n".join([*spec.pip_options, *spec.pip]) + "\n")
             steps.run(_uv("pip", "compile", str(requirements), "-o", str(out), "--quiet",
                           "--no-header", "--no-annotate", "--python", _base_python(spec.python),
-                          *_index_args()),
+                          *index_args()),
                       timeout=RESOLVE_TIMEOUT_SECONDS, what=f"resolving {list(spec.pip)}")
             lock = out.read_text()
     atomic_write(frozen, lock)
@@ -300,7 +369,8 @@ def _install(venv: Path, python: str, lock: str, pip_options: list[str], steps: 
              exists: bool = False) -> None:
     """Create the virtualenv (unless ``exists``, a conda prefix) and install the lock."""
     if not exists:
-        steps.run(_uv("venv", str(venv), "--python", python, "--quiet") if _uv_binary()
+        steps.run(_uv("venv", str(venv), "--python", python, "--quiet", "--relocatable")
+                  if _uv_binary()
                   else [python, "-m", "venv", str(venv)],
                   timeout=INSTALL_TIMEOUT_SECONDS, what="creating the virtualenv")
     if not lock.strip():
@@ -308,7 +378,7 @@ def _install(venv: Path, python: str, lock: str, pip_options: list[str], steps: 
     reqs = venv / "mltrain-requirements.txt"
     reqs.write_text(lock)
     installer = [*_uv("pip", "install", "--python", str(venv / "bin" / "python")),
-                 *_index_args()] if _uv_binary() else [  # pip reads its own settings
+                 *index_args()] if _uv_binary() else [  # pip reads its own settings
         str(venv / "bin" / "python"), "-m", "pip", "install"]
     steps.run([*installer, "-r", str(reqs), *pip_options_args(pip_options)],
               timeout=INSTALL_TIMEOUT_SECONDS, what="installing packages")
@@ -326,47 +396,6 @@ def _uv_binary() -> str | None:
 
 def _uv(*args: str) -> list[str]:
     return [_uv_binary() or "uv", *args]
-
-
-@lru_cache(maxsize=1)
-def _pip_config() -> dict[str, str]:
-    """The host's effective pip settings (files and PIP_* variables) as pip reports them."""
-    try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                             capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    config: dict[str, str] = {}
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        name = key.rsplit(".", 1)[-1]
-        config.setdefault(name, value.strip().strip("'\""))  # environment wins: listed first
-    return config
-
-
-def _index_args() -> list[str]:
-    """pip's index settings as uv options."""
-    config, args = _pip_config(), []
-    if config.get("index-url"):
-        args += ["--index-url", config["index-url"]]
-    for url in config.get("extra-index-url", "").split():
-        if not url.startswith("file://") or Path(url[7:]).exists():
-            args += ["--extra-index-url", url]
-    for link in config.get("find-links", "").split():
-        args += ["--find-links", link]
-    for constraint in config.get("constraint", "").split():
-        if Path(constraint).exists():
-            args += ["--constraint", constraint]
-    if config.get("no-index", "").lower() in ("1", "true", "yes"):
-        args.append("--no-index")
-    if "--extra-index-url" in args:
-        args += ["--index-strategy", "unsafe-best-match"]  # pip's rule: best version anywhere
-    return args
-
-
-def _index_env() -> dict[str, str]:
-    cert = _pip_config().get("cert")
-    return {"SSL_CERT_FILE": cert} if cert and Path(cert).exists() else {}
 
 
 def _miss_reason(lock: str) -> str:

@@ -20,12 +20,12 @@ from typing import Any
 from .environment_build import (
     BuildSpec,
     Steps,
-    _pip_config,
     build_key,
     pip_options_args,
     resolve_lock,
 )
 from .errors import ComputeTargetUnavailableError, EnvironmentBuildError, RunCanceledError
+from .pip_settings import pip_config
 
 IMAGE_REPOSITORY = "mltrain-env"
 VENV = "/opt/mltrain/venv"
@@ -81,7 +81,7 @@ def dockerfile(spec: BuildSpec, index_args: list[str]) -> str:
 
 def _image_index_args() -> list[str]:
     """The host's index URLs that mean something inside a container (not local paths)."""
-    config, args = _pip_config(), []
+    config, args = pip_config(), []
     if config.get("index-url", "").startswith("http"):
         args += ["--index-url", config["index-url"]]
     args += [part for url in config.get("extra-index-url", "").split() if url.startswith("http")

@@ -36,6 +36,7 @@ from typing import Any
 from filelock import FileLock
 
 from .home import mltrain_home
+from .pip_settings import pip_config, pip_settings_sources
 from .server import healthy
 
 IDLE_SECONDS = 1800
@@ -64,20 +65,11 @@ def _folder() -> Path:
     return folder
 
 
-PIP_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf",
-             "~/.pip/pip.conf")
-
-
 def _fingerprint(env: dict[str, str]) -> list[Any]:
     """What a warm runner has loaded: the package, and pip's settings (read once)."""
     package = Path(__file__).parent
-    pip = [(k, v) for k, v in sorted(env.items()) if k.startswith("PIP_")]
-    for name in PIP_FILES:
-        try:
-            pip.append((name, Path(name).expanduser().stat().st_mtime_ns))
-        except OSError:
-            pass
-    return [sorted(p.stat().st_mtime_ns for p in package.rglob("*.py")), pip]
+    return [sorted(p.stat().st_mtime_ns for p in package.rglob("*.py")),
+            pip_settings_sources(env)]
 
 
 def socket_path(env: dict[str, str]) -> Path | None:
@@ -226,9 +218,8 @@ def serve(path: Path) -> None:
     if listener is None:
         return
     from . import flows  # noqa: F401 - the expensive import (Prefect), paid once
-    from .environment_build import _pip_config
 
-    _pip_config()  # `pip config list` takes ~0.3 s; its files are part of the warm key
+    pip_config()  # its sources are part of the warm key
     for module in PRELOAD:  # importing them starts no thread, so forking after it is safe
         try:
             importlib.import_module(module)

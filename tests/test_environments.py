@@ -106,6 +106,52 @@ def test_build_caches_by_content_and_reordering_hits_the_cache():
 
 
 @pytest.mark.timeout(300)
+def test_a_first_build_resolves_as_it_installs_and_its_scripts_work_where_it_lands():
+    spec = _env("w", "wheel").build_spec()
+    built = build_environment(spec)
+    venv = Path(built.interpreter).parent.parent
+    assert not built.cached and venv.name == built.build_key[:24]
+    assert "wheel==" in built.lock and (venv / "mltrain-lock.txt").read_text() == built.lock
+    assert not list(venv.parent.glob(".new-*"))  # the folder it was built in is gone
+    import subprocess
+    out = subprocess.run([str(venv / "bin" / "wheel"), "version"], capture_output=True,
+                         text=True, timeout=60)  # a console script made before the move
+    assert out.returncode == 0 and built.lock.split("wheel==")[1].split()[0] in out.stdout
+    # the lock was kept: the next build of the spec installs exactly it, from its cache
+    again = build_environment(spec)
+    assert again.cached and again.lock == built.lock
+
+
+def test_pip_settings_are_asked_once_and_again_when_a_file_or_variable_changes(
+        tmp_path, monkeypatch):
+    import subprocess
+
+    from prefect_mltrain import pip_settings
+
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://first.example/simple\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    asked = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: (asked.append(argv),
+                                                                real_run(argv, **kw))[1])
+
+    def settings():
+        pip_settings.pip_config.cache_clear()  # as a new process would
+        return pip_settings.pip_config()
+
+    assert settings()["index-url"] == "https://first.example/simple"
+    assert settings()["index-url"] == "https://first.example/simple"
+    assert len(asked) == 1  # the second process took pip's answer from $MLTRAIN_HOME
+    conf.write_text("[global]\nindex-url = https://second.example/simple\n")
+    assert settings()["index-url"] == "https://second.example/simple"
+    monkeypatch.setenv("PIP_INDEX_URL", "https://third.example/simple")
+    assert settings()["index-url"] == "https://third.example/simple"
+    assert len(asked) == 3
+    pip_settings.pip_config.cache_clear()
+
+
+@pytest.mark.timeout(300)
 def test_cache_miss_says_what_differs():
     build_environment(_env("a", "six").build_spec())
     other = build_environment(_env("b", "six", "packaging==24.1").build_spec())
