@@ -25,6 +25,7 @@ from harness import (
     fresh_server,
     interleaved,
     log,
+    log_rep,
     make_noop_project,
     phases_of,
     ratio,
@@ -34,11 +35,14 @@ from harness import (
     run_peer,
     scratch,
     start_server,
+    stop_runners,
+    stop_server,
     submit_and_wait,
     summarize,
     summarize_runs,
     tail,
     time_imports,
+    try_rep,
     with_path,
 )
 
@@ -134,13 +138,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mlflow_env, mlflow_cwd = mlflow_store(root, env)
     server_start = start_server()
 
-    def run_cli() -> dict[str, Any]:
+    def run_cli(home: Path | None = None) -> dict[str, Any]:
         stamp.unlink(missing_ok=True)
         t0 = time.time()
         p0 = time.perf_counter()
         out = subprocess.run([mltrain, "submit", "--workspace", str(ws_dir), "-e", "cli",
                               str(proj), "noop.py"],
-                             env={**ours_env, "BENCH_STAMP_FILE": str(stamp)},
+                             env={**ours_env, "BENCH_STAMP_FILE": str(stamp),
+                                  **({"MLTRAIN_HOME": str(home)} if home else {})},
                              cwd=root, capture_output=True, text=True, timeout=RUN_TIMEOUT)
         wall = time.perf_counter() - p0
         t_end = time.time()
@@ -170,8 +175,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warmup, raw = interleaved(
         {"mltrain_cli": run_cli, "mlflow_run": run_mlflow, "mltrain_api": run_api}, reps)
     imports = time_imports(min(reps, 5), env, IMPORTS)
+
+    # The cold rows: what a user meets after the warm runner idled out (the server still
+    # up), and on a machine where nothing runs (after a reboot: the server is started by the
+    # submit; and the first use: a new MLTRAIN_HOME, whose server makes its database).
+    def no_runner() -> dict[str, Any]:
+        stop_runners()
+        return run_cli()
+
+    def nothing_running() -> dict[str, Any]:
+        stop_server()
+        return run_cli()
+
+    def first_use() -> dict[str, Any]:
+        home = root / f"home-{time.monotonic_ns()}"
+        try:
+            return run_cli(home)
+        finally:  # untimed: that home's server and runners go
+            subprocess.run([mltrain, "server", "stop"], env={**ours_env,
+                           "MLTRAIN_HOME": str(home)}, capture_output=True, timeout=120)
+
+    def mlflow_first_use() -> dict[str, Any]:  # a new sqlite store: its migrations too
+        db = root / f"mlflow-{time.monotonic_ns()}.db"
+        return run_peer([str(MLFLOW_BIN / "mlflow"), "run", str(proj), "--env-manager",
+                         "local"], stamp, env={**mlflow_env, "BENCH_STAMP_FILE": str(stamp),
+                                               "MLFLOW_TRACKING_URI": f"sqlite:///{db}"},
+                        cwd=mlflow_cwd)
+
+    cold_reps = 2 if args.quick else 3
+    cold_variants = {"cli_no_runner": no_runner, "mlflow_run": run_mlflow,
+                     "cli_nothing_running": nothing_running, "cli_first_use": first_use,
+                     "mlflow_first_use": mlflow_first_use}
+    cold: dict[str, list[dict[str, Any]]] = {name: [] for name in cold_variants}
+    for i in range(cold_reps):  # no warm-up: a warm-up is what these rows leave out
+        for name, variant in cold_variants.items():
+            rec = try_rep(variant)
+            cold[name].append(rec)
+            log_rep(f"cold rep {i + 1}/{cold_reps} {name}", rec)
+    start_server()  # untimed: the server is up again for the benchmarks after this one
     return {"reps": reps, "server_start_seconds": server_start, "warmup": warmup, "raw": raw,
-            "summary": summarize_noop(raw), "imports": imports}
+            "summary": summarize_noop(raw), "imports": imports, "cold_reps": cold_reps,
+            "cold_raw": cold, "cold_summary": summarize_cold(cold)}
+
+
+def summarize_cold(cold: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    summary = {name: summarize_runs(recs, None if name.startswith("mlflow") else PHASES)
+               for name, recs in cold.items()}
+    wall = {name: st["wall"]["median"] for name, st in summary.items()}
+    summary["ratios"] = {
+        "cli_no_runner_vs_mlflow": ratio(wall["cli_no_runner"], wall["mlflow_run"]),
+        "cli_nothing_running_vs_mlflow": ratio(wall["cli_nothing_running"], wall["mlflow_run"]),
+        "cli_first_use_vs_mlflow_first_use": ratio(wall["cli_first_use"],
+                                                   wall["mlflow_first_use"]),
+    }
+    return summary
 
 
 def summarize_noop(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -191,7 +248,10 @@ def summarize_noop(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def checks(noop: dict[str, Any]) -> list[dict[str, Any]]:
     return [check(f"noop {name}: every rep succeeded", s["failures"] == 0,
                   f"{s['failures']} failed of {noop['reps']}")
-            for name, s in noop["summary"].items()]
+            for name, s in noop["summary"].items()] + [
+        check(f"noop cold {name}: every rep succeeded", s["failures"] == 0,
+              f"{s['failures']} failed of {noop.get('cold_reps')}")
+        for name, s in (noop.get("cold_summary") or {}).items() if name != "ratios"]
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -221,8 +281,42 @@ def render(noop: dict[str, Any]) -> list[str]:
     lines.append(f"| client notices the end (ended_at → return) | "
                  f"{fmt(s['mltrain_cli']['ended_to_client_exit']['median'])} | "
                  f"{fmt(s['mltrain_api']['ended_to_client_exit']['median'])} |")
+    cold = noop.get("cold_summary")
+    if cold:
+        r = cold["ratios"]
+        warm = s["mltrain_cli"]["wall_ratio_vs_mlflow"]
+        lines += ["", f"Cold starts ({noop['cold_reps']} reps each, in turn, no warm-up; "
+                  "`mltrain submit` CLI vs `mlflow run`, seconds):", "",
+                  "| measurement | median | min | max | ours / MLflow (medians) | goal |",
+                  "|---|---:|---:|---:|---:|---|",
+                  row("warm runner (the table above): `mltrain submit`", s["mltrain_cli"]["wall"],
+                      fmt_ratio(warm), _goal(warm, 0.4)),
+                  row("server up, no warm runner (after 30 idle minutes): `mltrain submit`",
+                      cold["cli_no_runner"]["wall"], fmt_ratio(r["cli_no_runner_vs_mlflow"]),
+                      _goal(r["cli_no_runner_vs_mlflow"], 1.0)),
+                  row("peer: `mlflow run`, the same rounds", cold["mlflow_run"]["wall"],
+                      "1.00×", ""),
+                  row("nothing running, home used before (after a reboot): `mltrain submit` "
+                      "starts the server", cold["cli_nothing_running"]["wall"],
+                      fmt_ratio(r["cli_nothing_running_vs_mlflow"]), "reported"),
+                  row("nothing running, first use (a new `MLTRAIN_HOME`: the server makes its "
+                      "database)", cold["cli_first_use"]["wall"],
+                      fmt_ratio(r["cli_first_use_vs_mlflow_first_use"]), "reported"),
+                  row("peer: `mlflow run` with a new sqlite store (its migrations too)",
+                      cold["mlflow_first_use"]["wall"], "1.00×", "")]
+        lines += ["", "Where the cold runs' time goes (medians, seconds, from the run record):",
+                  "", "| phase | no warm runner | nothing running | first use |",
+                  "|---|---:|---:|---:|"]
+        names = ("cli_no_runner", "cli_nothing_running", "cli_first_use")
+        for label in cold["cli_no_runner"]["phases"]:
+            lines.append(f"| {label} | " + " | ".join(
+                fmt(cold[n]["phases"][label]["median"]) for n in names) + " |")
     lines += ["", "Import cost of a fresh process (diagnostic; medians, seconds):", "",
               "| process | median | min |", "|---|---:|---:|"]
     for label, st in noop["imports"]["summary"].items():
         lines.append(f"| {label} | {fmt(st['median'])} | {fmt(st['min'])} |")
     return [*lines, ""]
+
+
+def _goal(value: float | None, goal: float) -> str:
+    return "–" if value is None else f"≤ {goal}×: {'met' if value <= goal else 'not met'}"

@@ -75,6 +75,13 @@ def stop_server() -> None:
     stop_server()
 
 
+def stop_runners() -> None:
+    """Stop the warm runners (as if they had idled out); the server stays."""
+    from prefect_mltrain.runner import stop_all
+
+    stop_all()
+
+
 def prefect_env() -> dict[str, str]:
     """The variables a process needs to talk to the embedded server."""
     from prefect_mltrain.server import prefect_env

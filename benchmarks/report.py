@@ -45,7 +45,11 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                  + (": commit (or stash) the edits and run again" if edited else ""))]
     for name, module in BENCHMARKS.items():
         if results.get(name):
-            out += module.checks(results[name])
+            try:
+                out += module.checks(results[name])
+            except (KeyError, TypeError) as exc:  # kept numbers of an older benchmark
+                out.append(check(f"{name}: numbers in this benchmark's form", False,
+                                 f"missing {exc}: run `--only {name}` again"))
     for name in BENCHMARKS:
         if results.get(f"{name}_error"):
             out.append(check(f"{name} benchmark ran", False,

@@ -17,6 +17,7 @@ script's process, never to Prefect parameters.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import importlib
 import json
@@ -35,9 +36,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from .errors import MLTrainError
 from .home import mltrain_home
 from .pip_settings import pip_config, pip_settings_sources
-from .server import healthy
+from .server import healthy, wait_until_up
 
 IDLE_SECONDS = 1800
 SERVER_CHECK_SECONDS = 30.0  # how often an idle warm runner checks that its server answers
@@ -297,6 +299,8 @@ if __name__ == "__main__":
         serve(Path(sys.argv[2]))
     else:  # a cold runner: its run, then a warm runner for the next one
         try:
+            with contextlib.suppress(MLTrainError):  # if it never answers, run() says so
+                wait_until_up(os.environ.get("PREFECT_API_URL", ""))  # it may be starting
             run(*sys.argv[1:4])
         finally:
             ensure_running(dict(os.environ))

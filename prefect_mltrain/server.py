@@ -82,8 +82,10 @@ def running_server() -> dict | None:
     info = _recorded()
     if info is None or healthy(info["api_url"]):
         return info
-    deadline = time.monotonic() + BUSY_SECONDS
-    while _alive(info.get("pid")) and time.monotonic() < deadline:
+    # one that is still starting (another process started it) is waited for as its starter does
+    deadline = max(time.time() + BUSY_SECONDS,
+                   info.get("started_at", 0) + START_TIMEOUT_SECONDS)
+    while _alive(info.get("pid")) and time.time() < deadline:
         if healthy(info["api_url"], timeout=5.0):
             return info
         time.sleep(0.5)
@@ -123,8 +125,12 @@ def _prefect_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("prefect") or "prefect")
 
 
-def ensure_server() -> dict:
-    """Start the embedded server unless it runs already; safe to call from many processes."""
+def ensure_server(wait: bool = True) -> dict:
+    """Start the embedded server unless it runs already; safe to call from many processes.
+
+    With ``wait=False`` a server this call starts is not waited for: the caller overlaps its
+    own start-up (a runner importing Prefect) with the server's, then ``wait_until_up``.
+    """
     info = running_server()
     if info:
         return info
@@ -150,18 +156,31 @@ def ensure_server() -> dict:
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not healthy(api_url, timeout=1.0):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise MLTrainError(
-                    f"the local Prefect server did not start (see {state / 'server.log'}); "
-                    "set PREFECT_API_URL to a running Prefect server instead"
-                )
-            time.sleep(0.2)
-        info = {"api_url": api_url, "ui_url": ui_url, "pid": proc.pid}
+        info = {"api_url": api_url, "ui_url": ui_url, "pid": proc.pid,
+                "started_at": time.time()}
         atomic_write(state / "server.json", json.dumps(info))
+        if wait:
+            wait_until_up(api_url)
         return info
+
+
+def wait_until_up(api_url: str) -> None:
+    """Wait until the embedded server at ``api_url``, being started, answers; if it dies
+    or does not answer within ``START_TIMEOUT_SECONDS`` of its start, stop it and say so.
+    Any other API (a configured server) is not waited for."""
+    info = _recorded()
+    if not info or info["api_url"] != api_url:
+        return
+    deadline = info.get("started_at", time.time()) + START_TIMEOUT_SECONDS
+    while not healthy(api_url, timeout=1.0):
+        if not _alive(info["pid"]) or time.time() > deadline:
+            with contextlib.suppress(OSError):
+                os.killpg(info["pid"], signal.SIGKILL)
+            raise MLTrainError(
+                f"the local Prefect server did not start (see {_state_dir() / 'server.log'}); "
+                "set PREFECT_API_URL to a running Prefect server instead"
+            )
+        time.sleep(0.1)
 
 
 def stop_server() -> bool:
@@ -193,9 +212,10 @@ def using_server() -> Iterator[None]:
         yield
 
 
-def prefect_env() -> dict[str, str]:
-    """Environment for a runner process so that it talks to the right Prefect API."""
+def prefect_env(wait: bool = True) -> dict[str, str]:
+    """Environment for a runner process so that it talks to the right Prefect API (with
+    ``wait=False``, possibly a server still starting: see ``ensure_server``)."""
     if configured_api_url():
         return {}
-    info = ensure_server()
+    info = ensure_server(wait)
     return {"PREFECT_API_URL": info["api_url"], "PREFECT_UI_URL": info["ui_url"]}

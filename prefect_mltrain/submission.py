@@ -8,8 +8,10 @@ run is recorded, so a failed submit leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import warnings
@@ -18,11 +20,11 @@ from typing import Any
 from . import runner
 from .compute.registry import saved_target_name, target_name
 from .config import ScriptRunConfig, check_submittable
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MLTrainError
 from .git import git_provenance
 from .hyperdrive.config import HyperDriveConfig
 from .records import Runner, RunRecord, RunStatus
-from .server import prefect_env
+from .server import prefect_env, wait_until_up
 from .snapshot import take_snapshot
 from .store import RunStore
 from .workspace import Workspace
@@ -131,10 +133,20 @@ def start(store: RunStore, record: RunRecord, secrets: dict[str, str],
                             private, tags=["mltrain", f"experiment:{exp}"])
         store.set(exp, run_id, deployment=sent)
         return
-    env = {**os.environ, **prefect_env(), **ws.to_env(), "MLTRAIN_SECRETS": json.dumps(secrets)}
+    # A server that this starts is waited for after the runner starts, so that the runner's
+    # imports overlap the server's start.
+    env = {**os.environ, **prefect_env(wait=False), **ws.to_env(),
+           "MLTRAIN_SECRETS": json.dumps(secrets)}
     env.pop(runner.FLOW_RUN_VAR, None)
     if flow_run_id:
         env[runner.FLOW_RUN_VAR] = flow_run_id
     store.move(exp, run_id, RunStatus.QUEUED)
     pid = runner.start(exp, run_id, env, flow)
     store.set(exp, run_id, runner=Runner(host=socket.gethostname(), pid=pid))
+    try:
+        wait_until_up(env.get("PREFECT_API_URL", ""))
+    except MLTrainError as exc:  # the runner would wait for it in vain
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        store.move(exp, run_id, RunStatus.FAILED, error=f"Queued: {exc}")
+        raise

@@ -119,3 +119,35 @@ def test_four_processes_on_a_fresh_home_start_one_server(tmp_path):
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1  # one server, found by all four
     assert sum("starting the local Prefect server" in err for _, err in outs) == 1
+
+
+@pytest.mark.timeout(180)
+def test_a_server_that_cannot_start_fails_the_submit_and_its_run_says_why(tmp_path):
+    """The submit starts the runner while the server starts; a server that dies at start
+    ends the run Failed with the reason, and the runner does not wait for it."""
+    write_script(tmp_path / "p", "t.py", "print('never')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["MLTRAIN_HOME"] = str(tmp_path / "home")
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = "sqlite+aiosqlite:////no/such/folder/p.db"
+    code = textwrap.dedent("""
+        import json, sys
+        from prefect_mltrain import Experiment, MLTrainError, ScriptRunConfig, Workspace
+        exp = Experiment(Workspace(sys.argv[1]), "no-server")
+        try:
+            exp.submit(ScriptRunConfig(source_directory=sys.argv[2], script="t.py"))
+        except MLTrainError as exc:
+            run = exp.get_runs()[0]
+            print(json.dumps({"error": str(exc), "status": run.get_status(),
+                              "run_error": run.get_details()["error"]}))
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ws"),
+                              str(tmp_path / "p")], env=env, capture_output=True, text=True,
+                             timeout=150)
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "mltrain"), "server", "stop"],
+                       env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "the local Prefect server did not start" in result["error"]
+    assert result["status"] == "Failed" and "did not start" in result["run_error"]
