@@ -37,6 +37,7 @@ from harness import (
 )
 
 TITLE = "Docker"
+GOAL_OVER_LOCAL = 0.3  # seconds over our local no-op, wall medians
 DOCKER_IMAGE = "mltrain-base:bookworm"  # made offline by .ci/docker-engine.sh
 DOCKER_PHASES = run_phases(  # PHASES, with what each step does on the Docker target
     "record + snapshot + git", "runner process + Prefect flow run",
@@ -111,8 +112,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # A cold runner's submit, which starts the warm runner as it exits; once that listens,
     # the warm-up below waits for its Prefect import, so the timed reps find it ready.
+    def ours_local() -> dict[str, Any]:  # the same no-op on local compute: the goal's base
+        return submit_and_wait(Experiment(ws, "local"), ScriptRunConfig(
+            source_directory=str(proj), script="noop.py"), stamp)
+
     first = first_submit(ours)
-    warmup, raw = interleaved({"ours": ours, "docker_run": peer}, reps)
+    warmup, raw = interleaved({"ours": ours, "docker_run": peer, "ours_local": ours_local},
+                              reps)
     image = environment_image(first, raw["ours"])
     log(f"environment image {image['tag']}: built by the first submit "
         f"{image['built_by_first_submit']}, cached in {image['timed_cache_hits']} timed reps")
@@ -120,11 +126,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     costs = fresh_process_costs(min(reps, 5), [[sys.executable, "-c", DOCKER_PATH_PY]],
                                 HERE.parent)  # untimed diagnostic, after the reps
     summary: dict[str, Any] = {"ours": summarize_runs(raw["ours"], DOCKER_PHASES),
-                               "docker_run": summarize_runs(raw["docker_run"])}
+                               "docker_run": summarize_runs(raw["docker_run"]),
+                               "ours_local": summarize_runs(raw["ours_local"])}
     summary["ratios"] = {key: ratio(summary["ours"][key]["median"],
                                     summary["docker_run"][key]["median"])
                          for key in ("wall", "to_script_start")}
     summary["path_costs"] = {label: summarize(v) for label, v in costs.items()}
+    summary["over_local"] = (summary["ours"]["wall"]["median"]
+                             - summary["ours_local"]["wall"]["median"])
     shutil.rmtree(root, ignore_errors=True)
     return {"reps": reps, "image": DOCKER_IMAGE, "engine": engine,
             "server_start_seconds": server_start, "environment_image": image,
@@ -147,7 +156,7 @@ def checks(dock: dict[str, Any]) -> list[dict[str, Any]]:
     s, img = dock["summary"], dock["environment_image"]
     out = [check(f"docker {name}: every rep succeeded", s[name]["failures"] == 0,
                  f"{s[name]['failures']} failed of {dock['reps']}")
-           for name in ("ours", "docker_run")]
+           for name in ("ours", "docker_run", "ours_local")]
     out.append(check("docker ours: every timed rep found the first submit's image cached",
                      bool(img["tag"]) and img["timed_cache_hits"] == s["ours"]["wall"]["n"],
                      f"{img['tag']}: {img['timed_cache_hits']} hits of {s['ours']['wall']['n']}"))
@@ -174,6 +183,14 @@ def render(dock: dict[str, Any]) -> list[str]:
     for label, name, key in rows:
         r = 1.0 if name == "docker_run" else s["ratios"][key]
         lines.append(row(label, s[name][key], fmt_ratio(r)))
+    if "ours_local" in s:
+        over = s["over_local"]
+        lines += ["", "| goal | ours, Docker | ours, local compute (same rounds) | Docker − "
+                  "local | met? |", "|---|---:|---:|---:|---|",
+                  f"| Docker no-op ≤ local no-op + {GOAL_OVER_LOCAL} s (the container start) | "
+                  f"{fmt(s['ours']['wall']['median'])} | "
+                  f"{fmt(s['ours_local']['wall']['median'])} | +{fmt(over)} | "
+                  f"{'met' if over <= GOAL_OVER_LOCAL else 'not met'} |"]
     lines += ["", "Where our time goes (seconds, from the run record's status_history):", "",
               *stats_table("phase", s["ours"]["phases"]),
               row("client notices the end (ended_at → return)",

@@ -234,7 +234,8 @@ class DockerJob:
         self._lines = LineQueue()
         self._lines.follow(self._log_chunks())
         self._exit: int | None = None
-        threading.Thread(target=self._wait, daemon=True).start()
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
 
     def _log_chunks(self):
         yield from self.container.logs(stream=True, follow=True)  # in the reader thread
@@ -246,6 +247,9 @@ class DockerJob:
             self._exit = 137  # removed while we waited: killed
 
     def read_lines(self, timeout: float) -> list[str]:
+        if self._lines.ended.is_set():  # the log stream is over: wait for the exit code
+            self._waiter.join(timeout)
+            return self._lines.take()
         return self._lines.take(timeout)
 
     def poll(self) -> int | None:

@@ -37,6 +37,7 @@ class LineQueue:
     def __init__(self):
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader: threading.Thread | None = None
+        self.ended = threading.Event()  # the source is at its end: no line will come
 
     def put(self, line: str) -> None:
         self._lines.put(line)
@@ -56,6 +57,7 @@ class LineQueue:
                 pass
             if partial:
                 self.put(partial.decode(errors="replace").rstrip("\r"))
+            self.ended.set()
             self._lines.put(None)
 
         self._reader = threading.Thread(target=read, daemon=True)

@@ -4,6 +4,7 @@ uses this inside containers); ``psutil`` is used where it is installed, on the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,6 +84,10 @@ class GuardedProcess:
         self._lines.follow(iter(self.proc.stdout.readline, b""))
 
     def read_lines(self, timeout: float) -> list[str]:
+        if self._lines.ended.is_set():  # no more output: wait for the exit, not for lines
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+            return self._lines.take()
         return self._lines.take(timeout)
 
     def poll(self) -> int | None:
