@@ -251,6 +251,10 @@ def render(pool: dict[str, Any]) -> list[str]:
     for label, name, key in rows:
         rt = 1.0 if name == "peer" else r[f"{name}_vs_peer"][key]
         lines.append(row(label, s[name][key], fmt_ratio(rt)))
+    vs_peer = r["ours_pool_vs_peer"]["wall"]
+    lines += ["", f"Goal, with default settings: ours through the pool ≤ 1.0× the plain "
+              f"deployment (wall medians): {fmt_ratio(vs_peer)}, "
+              + ("–" if vs_peer is None else "met" if vs_peer <= 1.0 else "not met") + "."]
     walls = [s[n]["wall"]["median"] for n in ("ours_pool", "ours_local")]
     lines += ["", "The pool route vs local compute (ours, wall medians): "
               f"{fmt_ratio(r['ours_pool_vs_ours_local']['wall'])}, "
