@@ -1,17 +1,18 @@
 """Building environments on this machine: resolve once, build once per lock, reuse.
 
-1. *Resolve*: the spec's requirements go through ``uv pip compile``; the pinned result
-   (the lock) is kept per spec hash, so an unpinned spec is frozen once and every later
-   run gets the same versions. The lock is recorded with each run.
+1. *Resolve*: the pinned set of the spec's requirements (the lock) is kept per spec hash, so
+   an unpinned spec is frozen once and every later run gets the same versions. The lock is
+   recorded with each run.
 2. *Build*: one virtualenv per ``build_key`` (the lock on this interpreter) under
-   ``$MLTRAIN_HOME/cache/envs``, made by
-   ``uv venv`` + ``uv pip install`` under a file lock, so concurrent runs needing the same
-   environment build it once. A finished build carries a marker; a cache hit is one stat.
+   ``$MLTRAIN_HOME/cache/envs``, made by ``uv venv`` + ``uv pip install`` under a file lock,
+   so concurrent runs needing the same environment build it once. A finished build carries
+   a marker; a cache hit is one stat.
 
-The first build of a spec resolves *while* it installs (one ``uv pip install`` of the
-requirements into a relocatable virtualenv, then ``uv pip freeze`` is the lock), so it costs
-what a plain ``uv venv`` + ``uv pip install`` costs; the finished folder is then renamed to
-its ``build_key``.
+The first build of a pip spec does both in one step, at the cost of a plain ``uv venv`` +
+``uv pip install``: it installs the requirements as given into a relocatable virtualenv,
+takes ``uv pip freeze`` as the lock and moves the folder to its ``build_key``. A lock wanted
+before any build (a conda spec, an image, the ranks of a Dask job) comes from
+``uv pip compile``.
 
 uv ignores pip's configuration, so the host's is carried over (``pip_settings``). Without
 uv, ``venv`` + ``pip`` do the same more slowly.
