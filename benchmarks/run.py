@@ -5,7 +5,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/run.py            # full: ~7 reps per no-op variant
     .venv/bin/python benchmarks/run.py --quick    # 3 reps, for a smoke check
     .venv/bin/python benchmarks/run.py --only env # one benchmark (noop, snapshot, env, docker,
-                                                  # dist, pool, cancel, sweep, spark, data, listing)
+                                                  # dist, pool, cancel, sweep, spark, data, listing,
+                                                  # throughput)
 
 Prints a markdown table and writes the raw numbers to ``benchmarks/results.json``.
 Scratch files (the MLflow peer's venv, workspaces, generated trees) live in
@@ -52,6 +53,10 @@ Benchmarks, one module each (``bench_NAME.py``; ``harness.py`` holds what they s
             folder and on S3 (moto_server): ``mltrain runs list`` (first page),
             ``get_runs(tags=...)``, ``get_children()`` of a parent with 1,000 children, vs.
             reading every record; interleaved.
+  throughput  200 no-op runs (40 with ``--quick``) submitted back to back against one
+            server, from one process and from 4 processes at once: runs/minute, each run's
+            submit → Running, and the CPU of the server, the runners, the submitters and the
+            machine, to say what saturates first; one rep of each.
 
 ``--only NAME`` runs one benchmark and merges its numbers into the existing results.json.
 """
@@ -68,6 +73,7 @@ from typing import Any
 
 import bench_data
 import bench_listing
+import bench_throughput
 from harness import (
     HERE,
     RESULTS,
@@ -87,6 +93,7 @@ from report import BENCHMARKS, checks, markdown
 # see it too).
 BENCHMARKS.setdefault("data", bench_data)
 BENCHMARKS.setdefault("listing", bench_listing)
+BENCHMARKS.setdefault("throughput", bench_throughput)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
