@@ -208,13 +208,9 @@ def _build_unresolved(spec: BuildSpec, base_python: str, base: str, steps: Steps
         new = cache_dir("envs") / f".new-{spec.hash[:24]}"  # a crashed build's is replaced
         shutil.rmtree(new, ignore_errors=True)
         try:
-            _install(new, base_python, "", [], steps)
-            requirements = new / "mltrain-requirements.in"
-            requirements.write_text("\n".join([*spec.pip_options, *spec.pip]) + "\n")
-            steps.run([*_uv("pip", "install", "--python", str(new / "bin" / "python")),
-                       *index_args(), "-r", str(requirements),
-                       *pip_options_args(list(spec.pip_options))],
-                      timeout=INSTALL_TIMEOUT_SECONDS, what=f"installing {list(spec.pip)}")
+            # the requirements as given take the lock's place: uv resolves them as it installs
+            _install(new, base_python, "\n".join([*spec.pip_options, *spec.pip]) + "\n",
+                     list(spec.pip_options), steps)
             lock = _freeze(new)
             key = build_key(lock, base)
             venv = cache_dir("envs") / key[:24]

@@ -161,7 +161,20 @@ def ensure_server(wait: bool = True) -> dict:
         atomic_write(state / "server.json", json.dumps(info))
         if wait:
             wait_until_up(api_url)
+        else:
+            _STARTING.add(api_url)
         return info
+
+
+_STARTING: set[str] = set()  # servers this process started and has not waited for yet
+
+
+def wait_if_starting(api_url: str) -> None:
+    """``wait_until_up`` for a server this process started with ``wait=False``; any other
+    (one that answered already, a configured one) costs nothing."""
+    if api_url in _STARTING:
+        _STARTING.discard(api_url)
+        wait_until_up(api_url)
 
 
 def wait_until_up(api_url: str) -> None:

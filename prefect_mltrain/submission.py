@@ -24,7 +24,7 @@ from .errors import ConfigurationError, MLTrainError
 from .git import git_provenance
 from .hyperdrive.config import HyperDriveConfig
 from .records import Runner, RunRecord, RunStatus
-from .server import prefect_env, wait_until_up
+from .server import prefect_env, wait_if_starting
 from .snapshot import take_snapshot
 from .store import RunStore
 from .workspace import Workspace
@@ -144,7 +144,7 @@ def start(store: RunStore, record: RunRecord, secrets: dict[str, str],
     pid = runner.start(exp, run_id, env, flow)
     store.set(exp, run_id, runner=Runner(host=socket.gethostname(), pid=pid))
     try:
-        wait_until_up(env.get("PREFECT_API_URL", ""))
+        wait_if_starting(env.get("PREFECT_API_URL", ""))
     except MLTrainError as exc:  # the runner would wait for it in vain
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

@@ -77,6 +77,21 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def _driver_json(tmp_path, code, *args, timeout, **extra_env):
+    """Run ``code`` as a fresh Python with its own ``MLTRAIN_HOME`` (so its own embedded
+    server, stopped afterwards) and ``extra_env``; the JSON of its last line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(MLTRAIN_HOME=str(tmp_path / "home"), **extra_env)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "mltrain"), "server", "stop"],
+                       env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.timeout(600)
 def test_a_killed_prefect_server_leaves_a_consistent_record_and_the_next_submit_works(
         tmp_path):
@@ -86,17 +101,7 @@ def test_a_killed_prefect_server_leaves_a_consistent_record_and_the_next_submit_
         time.sleep(4)
         open("outputs/done", "w").close()
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["MLTRAIN_HOME"] = str(tmp_path / "home")  # its own embedded server
-    try:
-        out = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "ws"),
-                              str(tmp_path / "p")], env=env, capture_output=True, text=True,
-                             timeout=570)
-    finally:
-        subprocess.run([str(Path(sys.executable).parent / "mltrain"), "server", "stop"],
-                       env=env, capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _driver_json(tmp_path, DRIVER, tmp_path / "ws", tmp_path / "p", timeout=570)
     # Prefect may miss the first run's ending; its record may not: it has ended, and says how.
     assert result["first"] in ("Completed", "Failed"), result
     assert result["first"] == "Completed" or result["first_error"], result
@@ -126,9 +131,6 @@ def test_a_server_that_cannot_start_fails_the_submit_and_its_run_says_why(tmp_pa
     """The submit starts the runner while the server starts; a server that dies at start
     ends the run Failed with the reason, and the runner does not wait for it."""
     write_script(tmp_path / "p", "t.py", "print('never')")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["MLTRAIN_HOME"] = str(tmp_path / "home")
-    env["PREFECT_API_DATABASE_CONNECTION_URL"] = "sqlite+aiosqlite:////no/such/folder/p.db"
     code = textwrap.dedent("""
         import json, sys
         from prefect_mltrain import Experiment, MLTrainError, ScriptRunConfig, Workspace
@@ -140,14 +142,8 @@ def test_a_server_that_cannot_start_fails_the_submit_and_its_run_says_why(tmp_pa
             print(json.dumps({"error": str(exc), "status": run.get_status(),
                               "run_error": run.get_details()["error"]}))
     """)
-    try:
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ws"),
-                              str(tmp_path / "p")], env=env, capture_output=True, text=True,
-                             timeout=150)
-    finally:
-        subprocess.run([str(Path(sys.executable).parent / "mltrain"), "server", "stop"],
-                       env=env, capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _driver_json(
+        tmp_path, code, tmp_path / "ws", tmp_path / "p", timeout=150,
+        PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:////no/such/folder/p.db")
     assert "the local Prefect server did not start" in result["error"]
     assert result["status"] == "Failed" and "did not start" in result["run_error"]
