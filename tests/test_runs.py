@@ -73,6 +73,13 @@ def _flow_run_state(flow_run_id, timeout=30):
     return state.type.value
 
 
+def _flow_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
 def _flow_run_logs(flow_run_id):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -105,6 +112,10 @@ def test_submit_completes_with_metrics_outputs_and_details(ws, tmp_path, capsys)
     assert details["tags"] == {"kind": "ridge", "framework": "stdlib"}
     assert _flow_run_state(details["flow_run_id"]) == "COMPLETED"
     assert "training done" in _flow_run_logs(details["flow_run_id"])
+    flow_run = _flow_run(details["flow_run_id"])  # what Prefect's UI lists the run by
+    assert flow_run.name == run.id
+    assert flow_run.parameters["experiment"] == "demo"
+    assert flow_run.parameters["run_id"] == run.id
 
     metrics = run.get_metrics()
     assert metrics["mse"] == pytest.approx([3.2, 1.6, 3.2 / 3])
