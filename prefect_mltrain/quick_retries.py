@@ -17,9 +17,10 @@ class QuickRetries(httpx.HTTPTransport):
 
     The embedded server's SQLite database answers 503 ("database is locked") at once to a
     write that lost a race with another writer. Prefect's client then waits 2, 4, 8 s (and
-    2 s even with its retries set to 0), which a sweep starting many trials together feels
-    on every trial. Below the client, this retries after 50 ms, doubling to 1 s, jittered,
-    for up to ``LOST_RACE_PATIENCE_SECONDS``, then hands the 503 up to Prefect's client.
+    2 s even with its retries set to 0), which many runs starting together (a burst of
+    submits, a sweep's trials) feel on every run. Below the client, this retries after
+    50 ms, doubling to 1 s, jittered, for up to ``LOST_RACE_PATIENCE_SECONDS``, then hands
+    the 503 up to Prefect's client.
     """
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

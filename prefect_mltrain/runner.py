@@ -53,12 +53,14 @@ _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 # What a run's flow imports on first use, imported once by a warm runner instead of in
 # every fork (~0.3 s of CPU a run, measured with py-spy on a sweep's trials): Prefect's
 # engines and what they import lazily (graphviz for flow visualization, fastapi's encoders
-# for a subflow's parameters, rich's emoji table for the first console line), the target blocks a run resolves, the sweep's flow, the
-# Docker SDK (0.2 s) and dask.distributed (1.4 s) for runs on those targets, and
-# matplotlib for a sweep's pictures.
+# for a subflow's parameters, rich's emoji table for the first console line), the client
+# transport a runner creates its flow run through, the target blocks a run resolves, the
+# sweep's flow, the Docker SDK (0.2 s) and dask.distributed (1.4 s) for runs on those
+# targets, and matplotlib for a sweep's pictures.
 PRELOAD = ("prefect.flow_engine", "prefect.task_engine", "prefect.utilities.visualization",
-           "fastapi.encoders", "prefect_mltrain.compute.blocks", "prefect_mltrain.hyperdrive.flow",
-           "docker", "distributed", "matplotlib.pyplot", "rich._emoji_replace")
+           "fastapi.encoders", "prefect_mltrain.quick_retries", "prefect_mltrain.compute.blocks",
+           "prefect_mltrain.hyperdrive.flow", "docker", "distributed", "matplotlib.pyplot",
+           "rich._emoji_replace")
 
 
 def _folder() -> Path:
