@@ -28,6 +28,8 @@ from .errors import ConfigurationError
 FAILURE_MARK = "prefect-mltrain: rank {rank} exited with code {code}"
 FAILURE_RE = re.compile(r"^\[rank (\d+)\] prefect-mltrain: rank \d+ exited with code (-?\d+)$")
 PREFIX_RE = re.compile(r"^\[rank (\d+)\] ")
+# Started as a file, without site: it imports nothing from the package (see its docstring).
+RANK_LAUNCHER = os.path.join(os.path.dirname(__file__), "compute", "rank.py")
 # Output of a launcher that could not bind its rendezvous port: retried with a new port.
 PORT_IN_USE = ("Address already in use", "EADDRINUSE", "address already in use")
 # Variables of an enclosing MPI world (e.g. a dask-mpi worker): never passed to our ranks.
@@ -231,6 +233,6 @@ def mpi_argv(plan: RankPlan, argv: list[str], hosts: list[str] | None = None,
         cmd += ["-ppn", str(plan.per_node)]
     if manual:  # the nodes' folders differ from ours: the rank launcher moves into them
         cmd += ["-launcher", "manual", "-genvnone", "-wdir", "/"]
-    return [*cmd, sys.executable if not manual else "python", "-m",
-            "prefect_mltrain.compute.rank", "--", *argv]
+        return [*cmd, "python", "-m", "prefect_mltrain.compute.rank", "--", *argv]
+    return [*cmd, sys.executable, "-S", "-E", RANK_LAUNCHER, "--", *argv]
 

@@ -5,7 +5,8 @@ MPI numbers the ranks; this gives each the same contract as the ranks other laun
 variables), runs the script in the run's folder, prefixes its output with ``[rank N]`` and
 says so when the rank fails, so the runner can stop the others. On a node that mpiexec
 reaches through a proxy, ``MLTRAIN_RANK_CWD`` and ``MLTRAIN_RANK_ARGV`` (JSON) come from the
-node's environment. Standard library only, for speed.
+node's environment. Standard library only and no import from the package: on this machine
+it runs as a file with ``python -S -E``, skipping ``site`` (~50 ms less per rank).
 """
 
 import json
@@ -13,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-
-from .jobs import exit_code
 
 
 def _int(*names: str, default: int = 0) -> int:
@@ -58,7 +57,8 @@ def main() -> None:
     for line in iter(proc.stdout.readline, b""):
         out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
         out.flush()
-    code = exit_code(proc.wait())
+    code = proc.wait()
+    code = 128 - code if code < 0 else code  # a death by signal N, as a shell reports it
     if code:
         mark = f"prefect-mltrain: rank {env['RANK']} exited with code {code}"
         out.write(prefix + mark.encode() + b"\n")
