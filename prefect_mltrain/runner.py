@@ -107,18 +107,19 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     flow run named by ``MLTRAIN_FLOW_RUN_ID`` when one was made for it (a sweep's trial,
     shown under the sweep in Prefect), else as a new flow run.
 
-    The flow run is created here, not by Prefect's engine, through ``quick_client``: the
-    embedded SQLite server refuses (503) a flow-run insert that loses a race with another
-    write, and Prefect's client would wait 2, 4, 8 s before trying again (under 40 runs at
-    once, a p90 of 32 s from submit to Running).
+    The flow run is created here, not by Prefect's engine, and the engine then runs it
+    with the same client, made with ``quick_settings``: the embedded SQLite server refuses
+    (503) a write that loses a race with another, and Prefect's client would wait 2, 4,
+    8 s before trying again (under 40 runs at once, a p90 of 32 s from submit to Running).
 
     A busy server may refuse to start the flow run even after the client's retries: the run
     stays Queued and its start is tried again, for up to ``START_PATIENCE_SECONDS``. When
     Prefect cannot start it at all, the run ends Failed saying so.
     """
-    from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.context import SyncClientContext
+    from prefect.flow_engine import run_flow
 
-    from .prefect_api import quick_client
+    from .prefect_api import quick_settings
     from .records import TERMINAL, RunStatus
     from .store import RunStore
     from .workspace import open_workspace
@@ -132,14 +133,15 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     deadline = time.monotonic() + START_PATIENCE_SECONDS
     while True:
         try:
-            if made:
-                flow_run = load_flow_run(made)
-            else:
-                with quick_client() as client:
-                    flow_run = client.create_flow_run(
+            with SyncClientContext(httpx_settings=quick_settings()) as context:
+                if made:
+                    flow_run = context.client.read_flow_run(made)
+                else:
+                    flow_run = context.client.create_flow_run(
                         flow_fn, parameters=flow_fn.serialize_parameters(parameters))
-                made = str(flow_run.id)
-            run_flow(flow_fn, flow_run=flow_run, parameters=parameters, return_type="state")
+                    made = str(flow_run.id)
+                run_flow(flow_fn, flow_run=flow_run, parameters=parameters,
+                         return_type="state")
             return
         except Exception as exc:
             record = store.read(experiment, run_id)

@@ -102,8 +102,12 @@ def test_a_server_that_stays_locked_is_handed_to_prefects_client(api, pauses, mo
     assert 2 <= api.seen < 1000 and sum(ours) <= 0.3 * 1.5  # within its patience
 
 
-def test_a_remote_api_keeps_prefects_own_transport():
-    with temporary_settings({PREFECT_API_URL: "https://api.prefect.example/api"}):
+@pytest.mark.parametrize("url", ["https://api.prefect.example/api",
+                                 "https://127.0.0.1:4200/api"])
+def test_a_remote_or_tls_api_keeps_prefects_own_transport_and_verifies_its_certificate(url):
+    with temporary_settings({PREFECT_API_URL: url}):
         client = prefect_api.quick_client()
-    assert not any(isinstance(t, quick_retries.QuickRetries)
-                   for t in [client._client._transport, *client._client._mounts.values()])
+    transports = [client._client._transport, *client._client._mounts.values()]
+    assert not any(isinstance(t, quick_retries.QuickRetries) for t in transports)
+    tls = client._client._transport._pool._ssl_context
+    assert tls.verify_mode.name == "CERT_REQUIRED" and tls.cert_store_stats()["x509_ca"] > 0
