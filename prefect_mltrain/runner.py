@@ -107,10 +107,11 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     flow run named by ``MLTRAIN_FLOW_RUN_ID`` when one was made for it (a sweep's trial,
     shown under the sweep in Prefect), else as a new flow run.
 
-    The flow run is created here, not by Prefect's engine, and the engine then runs it
-    with the same client, made with ``quick_settings``: the embedded SQLite server refuses
-    (503) a write that loses a race with another, and Prefect's client would wait 2, 4,
-    8 s before trying again (under 40 runs at once, a p90 of 32 s from submit to Running).
+    Prefect's engine runs it with one client made here with ``quick_settings``: the
+    embedded SQLite server refuses (503) a write that loses a race with another, and
+    Prefect's client would wait 2, 4, 8 s before trying again (under 40 runs at once, a p90
+    of 32 s from submit to Running). The engine creates a new flow run itself: one made
+    beforehand costs it one more write (it updates the flow run's retry policy).
 
     A busy server may refuse to start the flow run even after the client's retries: the run
     stays Queued and its start is tried again, for up to ``START_PATIENCE_SECONDS``. When
@@ -134,12 +135,7 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     while True:
         try:
             with SyncClientContext(httpx_settings=quick_settings()) as context:
-                if made:
-                    flow_run = context.client.read_flow_run(made)
-                else:
-                    flow_run = context.client.create_flow_run(
-                        flow_fn, parameters=flow_fn.serialize_parameters(parameters))
-                    made = str(flow_run.id)
+                flow_run = context.client.read_flow_run(made) if made else None
                 run_flow(flow_fn, flow_run=flow_run, parameters=parameters,
                          return_type="state")
             return
