@@ -153,34 +153,28 @@ def subflow_run(flow: Any, name: str, parameters: dict[str, Any]) -> tuple[str, 
     return str(flow_run.id), str(task_run.id)
 
 
-def quick_settings() -> dict[str, Any] | None:
-    """httpx settings for a sync Prefect client whose writes race others: ``QuickRetries``
-    when the API is plain HTTP on this machine; None (Prefect's own) for a remote server,
-    whose proxies, TLS and retries are left as they are.
+def quick_client() -> Any:
+    """A sync Prefect client for writes that race others: through ``QuickRetries`` when the
+    API is plain HTTP on this machine (a remote server's proxies, TLS and retries are left
+    as they are).
 
-    Prefect's client loads the CA bundle into a new TLS context for each client unless it
-    is given one (~30 ms of CPU, on every run); plain HTTP never uses it, so it gets one
-    that loads nothing.
+    Prefect's client loads the CA bundle into a new TLS context unless it is given one
+    (~30 ms of CPU per client); plain HTTP never uses it, so it gets one that loads nothing.
     """
     import ssl
 
     import httpx
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     from .quick_retries import QuickRetries
 
     url = httpx.URL(PREFECT_API_URL.value() or "")
     if url.scheme != "http" or url.host not in ("127.0.0.1", "localhost", "::1"):
-        return None
+        return get_client(sync_client=True)
     unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return {"transport": QuickRetries(retries=3, verify=unused), "verify": unused}
-
-
-def quick_client() -> Any:
-    """A sync Prefect client made with ``quick_settings``."""
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True, httpx_settings=quick_settings())
+    return get_client(sync_client=True, httpx_settings={
+        "transport": QuickRetries(retries=3, verify=unused), "verify": unused})
 
 
 def end_task_run(task_run_id: str, status: str, message: str | None = None) -> None:
