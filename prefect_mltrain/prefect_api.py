@@ -10,6 +10,7 @@ its tasks and artifacts in ``flows.py``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from .compute.registry import resolve_compute_target, saved_target_name
@@ -26,14 +27,13 @@ def deployment_name(target: str) -> str:
 def deployment_for(recorded: Any) -> str | None:
     """``submit-run/NAME`` when a run's target (as its record names it) has a work pool;
     None to run it here. A name that is no saved target raises."""
-    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     target = saved_target_name(recorded)
     if target is None:
         return None
     name = deployment_name(target)
-    with using_server(), get_client(sync_client=True) as client:
+    with quick_context() as client:
         try:
             if client.read_deployment_by_name(name).work_pool_name:
                 return name
@@ -52,7 +52,7 @@ def send_to_pool(deployment: str, parameters: dict[str, Any], private: dict[str,
     from prefect.deployments import run_deployment
 
     block = None
-    with using_server():
+    with quick_context():
         if private:
             block = f"mltrain-run-{parameters['run_id'].lower().replace('_', '-')}"
             Secret(value=private).save(block, overwrite=True)
@@ -151,6 +151,19 @@ def subflow_run(flow: Any, name: str, parameters: dict[str, Any]) -> tuple[str, 
                                           parent_task_run_id=task_run.id, state=Pending(),
                                           tags=["mltrain", "trial"])
     return str(flow_run.id), str(task_run.id)
+
+
+@contextlib.contextmanager
+def quick_context() -> Iterator[Any]:
+    """The configured API, else the embedded server (``using_server``), and one
+    ``quick_client`` that Prefect hands to every sync client asked for within (its engine
+    too): one client, one connection, for all of a run's or a submit's calls."""
+    from prefect.context import SyncClientContext
+
+    # Made from a client, not from httpx settings: Prefect's get_client() hands out a
+    # context's client only to a caller that passes the same settings.
+    with using_server(), SyncClientContext.model_construct(client=quick_client()) as context:
+        yield context.client
 
 
 def quick_client() -> Any:

@@ -108,7 +108,7 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     shown under the sweep in Prefect), else as a new flow run.
 
     Prefect's engine, and every sync client the flow asks Prefect for, use one client made
-    here with ``quick_client``: the embedded SQLite server refuses (503) a write that loses
+    here (``quick_context``): the embedded SQLite server refuses (503) a write that loses
     a race with another, and Prefect's client would wait 2, 4, 8 s before trying again
     (under 40 runs at once, a p90 of 32 s from submit to Running). The engine creates a new
     flow run itself: one made beforehand costs it one more write (it updates the flow
@@ -118,10 +118,9 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     stays Queued and its start is tried again, for up to ``START_PATIENCE_SECONDS``. When
     Prefect cannot start it at all, the run ends Failed saying so.
     """
-    from prefect.context import SyncClientContext
     from prefect.flow_engine import run_flow
 
-    from .prefect_api import quick_client
+    from .prefect_api import quick_context
     from .records import TERMINAL, RunStatus
     from .store import RunStore
     from .workspace import open_workspace
@@ -135,10 +134,8 @@ def run(experiment: str, run_id: str, flow: str = SUBMIT_RUN) -> None:
     deadline = time.monotonic() + START_PATIENCE_SECONDS
     while True:
         try:
-            # Made from a client, not from httpx settings: Prefect's get_client() hands out
-            # a context's client only to a caller that passes the same settings.
-            with SyncClientContext.model_construct(client=quick_client()) as context:
-                flow_run = context.client.read_flow_run(made) if made else None
+            with quick_context() as client:
+                flow_run = client.read_flow_run(made) if made else None
                 run_flow(flow_fn, flow_run=flow_run, parameters=parameters,
                          return_type="state")
             return

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -212,16 +213,28 @@ def stop_server() -> bool:
     return True
 
 
+# The last settings made by ``using_server``: (the settings they were made from, the URL,
+# those settings with it). Prefect's temporary_settings() validates all its settings anew
+# on each call (~60 ms of CPU), twice in a submit to a work pool.
+_switched: tuple[Any, str, Any] | None = None
+
+
 @contextmanager
 def using_server() -> Iterator[None]:
     """Within it, this process's Prefect client talks to the configured API, else to the
     embedded server (started if needed)."""
+    global _switched
     if configured_api_url():
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import PREFECT_API_URL
 
-    with temporary_settings(updates={PREFECT_API_URL: ensure_server()["api_url"]}):
+    url, context = ensure_server()["api_url"], get_settings_context()
+    if _switched is None or _switched[0] is not context.settings or _switched[1] != url:
+        _switched = (context.settings, url,
+                     context.settings.copy_with_update(updates={PREFECT_API_URL: url}))
+    with SettingsContext(profile=context.profile, settings=_switched[2]):
         yield
 
 
