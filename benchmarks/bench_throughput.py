@@ -632,8 +632,8 @@ def saturation(v: dict[str, Any]) -> str:
                       f"on average, {server_peak:.0%} at its busiest 5 s)"))
     if refused:
         found.append((at("server_503"), f"the server's SQLite database: {refused} requests "
-                      "refused with 503 (database is locked; a runner retries its flow-run "
-                      "insert after 50 ms, doubling to 1 s)"))
+                      "refused with 503 (database is locked; a runner retries a refused "
+                      "write after 50 ms, doubling to 1 s)"))
     if not found:
         return (f"nothing (machine {machine:.0%} busy, {ours:.0%} ours; the server at most "
                 f"{server_peak:.0%} of a core; no 503)")
