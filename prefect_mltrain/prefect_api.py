@@ -180,14 +180,17 @@ def quick_client() -> Any:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
+    from .home import mltrain_home
     from .quick_retries import QuickRetries
 
     url = httpx.URL(PREFECT_API_URL.value() or "")
     if url.scheme != "http" or url.host not in ("127.0.0.1", "localhost", "::1"):
         return get_client(sync_client=True)
     unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return get_client(sync_client=True, httpx_settings={
-        "transport": QuickRetries(retries=3, verify=unused), "verify": unused})
+    transport = QuickRetries(retries=3, verify=unused,
+                             insert_lock=mltrain_home() / f"flow-run-insert-{url.port}.lock")
+    return get_client(sync_client=True,
+                      httpx_settings={"transport": transport, "verify": unused})
 
 
 def end_task_run(task_run_id: str, status: str, message: str | None = None) -> None:

@@ -32,6 +32,15 @@ class Answers(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):  # noqa: N802
+        with self.server.guard:
+            self.server.inside += 1
+            self.server.most = max(self.server.most, self.server.inside)
+        time.sleep(0.5)
+        with self.server.guard:
+            self.server.inside -= 1
+        self.do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -41,6 +50,7 @@ def api():
     """The server, and Prefect's settings pointing at it."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
     server.codes, server.seen = [], 0
+    server.guard, server.inside, server.most = threading.Lock(), 0, 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{server.server_port}/api"}):
@@ -111,3 +121,23 @@ def test_a_remote_or_tls_api_keeps_prefects_own_transport_and_verifies_its_certi
     assert not any(isinstance(t, quick_retries.QuickRetries) for t in transports)
     tls = client._client._transport._pool._ssl_context
     assert tls.verify_mode.name == "CERT_REQUIRED" and tls.cert_store_stats()["x509_ca"] > 0
+
+
+@pytest.mark.parametrize(("path", "one_at_a_time"), [("/api/flow_runs/", True),
+                                                     ("/api/logs/", False)])
+def test_processes_take_turns_at_a_new_flow_runs_insert_only(api, tmp_path, path,
+                                                            one_at_a_time):
+    """Runners retrying their inserts together kept SQLite locked for one another."""
+    url = f"http://127.0.0.1:{api.server_port}{path}"
+
+    def post():  # each as its own runner would: its own transport, one lock file
+        transport = quick_retries.QuickRetries(insert_lock=tmp_path / "insert.lock")
+        with httpx.Client(transport=transport) as client:
+            assert client.post(url, json={}).status_code == 200
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert api.seen == 3 and (api.most == 1) == one_at_a_time
