@@ -188,7 +188,7 @@ def quick_client() -> Any:
         return get_client(sync_client=True)
     unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     transport = QuickRetries(retries=3, verify=unused,
-                             insert_lock=mltrain_home() / f"flow-run-insert-{url.port}.lock")
+                             insert_lock=mltrain_home() / f"flow-run-insert-{url.port or 80}.lock")
     return get_client(sync_client=True,
                       httpx_settings={"transport": transport, "verify": unused})
 

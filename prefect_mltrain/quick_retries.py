@@ -29,7 +29,7 @@ class QuickRetries(httpx.HTTPTransport):
     under load), so the processes of this machine take turns at it, holding
     ``insert_lock`` while they try: with 200 runs starting at once, 150 runners retrying
     their inserts every second kept the database locked for one another, and some waited
-    minutes. One insert at a time costs a burst nothing (~30 ms each).
+    minutes.
     """
 
     def __init__(self, *args, insert_lock: Path, **kwargs) -> None:
