@@ -54,7 +54,7 @@ _PRIVATE = ("MLTRAIN_SECRETS", "MLTRAIN_WORKSPACE", "MLTRAIN_WORKSPACE_OPTIONS")
 # every fork (~0.3 s of CPU a run, measured with py-spy on a sweep's trials): Prefect's
 # engines and what they import lazily (graphviz for flow visualization, fastapi's encoders
 # for a subflow's parameters, rich's emoji table for the first console line), the client
-# transport a runner creates its flow run through, the target blocks a run resolves, the
+# transport of a run's Prefect calls, the target blocks a run resolves, the
 # sweep's flow, the Docker SDK (0.2 s) and dask.distributed (1.4 s) for runs on those
 # targets, and matplotlib for a sweep's pictures.
 PRELOAD = ("prefect.flow_engine", "prefect.task_engine", "prefect.utilities.visualization",

@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 
-from .jobs import exit_code, wait_for_cut
+from .jobs import wait_for_cut
+from .rank import exit_code
 
 GRACE_SECONDS = 5.0  # when the runner died
 LEFTOVER_GRACE_SECONDS = 2.0  # for what the command left running when it ended

@@ -1,8 +1,8 @@
-"""What every ``Job`` is: the protocol, and its parts — output lines, a lifeline, exit
-codes, folders in transit.
+"""What every ``Job`` is: the protocol, and its parts — output lines, a lifeline, folders
+in transit.
 
-Standard library only: the node launcher and the rank launcher import this inside
-containers, where nothing but the package's own files is installed.
+Standard library only: the node launcher imports this inside containers, where nothing
+but the package's own files is installed.
 """
 
 from __future__ import annotations
@@ -106,11 +106,6 @@ def wait_for_cut(fd: int) -> None:
     """In the helper: block until the lifeline's holder lets go or dies."""
     while os.read(fd, 4096):
         pass
-
-
-def exit_code(returncode: int) -> int:
-    """A process's exit code as a shell reports it: 128 + N for death by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
 
 
 def zip_files(files: Iterable[tuple[str | Path, str]]) -> bytes:

@@ -16,6 +16,11 @@ import subprocess
 import sys
 
 
+def exit_code(returncode: int) -> int:
+    """A process's exit code as a shell reports it: 128 + N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def _int(*names: str, default: int = 0) -> int:
     for name in names:
         if os.environ.get(name):
@@ -57,8 +62,7 @@ def main() -> None:
     for line in iter(proc.stdout.readline, b""):
         out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
         out.flush()
-    code = proc.wait()
-    code = 128 - code if code < 0 else code  # a death by signal N, as a shell reports it
+    code = exit_code(proc.wait())
     if code:
         mark = f"prefect-mltrain: rank {env['RANK']} exited with code {code}"
         out.write(prefix + mark.encode() + b"\n")
